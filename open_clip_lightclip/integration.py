@@ -1,0 +1,119 @@
+"""The one place where upstream OpenCLIP is patched.
+
+Called by the import hook in :mod:`open_clip_lightclip._autoload` right after
+``open_clip`` / ``open_clip_train.params`` have executed. It adds what upstream lacks:
+
+* our model configs (``model_configs/``) to OpenCLIP's config registry;
+* a model class chosen by the config key ``"model_class"`` (upstream builds ``CLIP``);
+* a loss registry behind ``--loss`` (upstream's ``create_loss`` when the flag is absent);
+* the plugin's trainer flags in ``open_clip_train.params.parse_args``.
+
+``patches/`` holds the same hooks as a diff against the pinned OpenCLIP release.
+Every patch is idempotent and leaves upstream behaviour unchanged when unused.
+"""
+import argparse
+import functools
+import logging
+import types
+from pathlib import Path
+
+SUPPORTED_OPEN_CLIP = ((3, 3), (3, 4))  # [min, max) as (major, minor)
+SUPPORTED_RANGE = "open_clip_torch>=3.3,<3.4"
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_INSTALLED = set()
+
+
+def model_configs_dir() -> Path:
+    """``model_configs/`` inside the installed wheel, or at the top of a source checkout."""
+    inside = _PACKAGE_DIR / "model_configs"
+    return inside if inside.is_dir() else _PACKAGE_DIR.parent / "model_configs"
+
+
+def check_open_clip_version(version: str) -> None:
+    """Raise ImportError (one line) for an OpenCLIP release this plugin was not tested against."""
+    try:
+        major_minor = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        major_minor = None
+    lo, hi = SUPPORTED_OPEN_CLIP
+    if major_minor is None or not lo <= major_minor < hi:
+        raise ImportError(
+            f"open-clip-lightclip supports {SUPPORTED_RANGE}, found open_clip_torch {version}: "
+            f"run `pip install '{SUPPORTED_RANGE}'` or set OPEN_CLIP_LIGHTCLIP_DISABLE=1 to turn the plugin off")
+
+
+# --- open_clip -----------------------------------------------------------------------------
+def _build_model(**model_cfg):
+    """Stands in for ``open_clip.factory.CLIP``: builds the class named by ``model_class``."""
+    name = model_cfg.pop("model_class", None)
+    if name is None:
+        return _build_model.upstream_clip(**model_cfg)
+    from .model import get_model_class
+
+    cls = get_model_class(name)
+    logging.info(f"open-clip-lightclip: model_class {name!r} -> {cls.__module__}.{cls.__qualname__}")
+    return cls(**model_cfg)
+
+
+def _make_create_loss(upstream_create_loss):
+    @functools.wraps(upstream_create_loss)
+    def create_loss(args):
+        """``--loss NAME`` picks from the registry; without it, upstream's ``create_loss``."""
+        name = getattr(args, "loss", None)
+        if name is None:
+            return upstream_create_loss(args)
+        from .losses import create_loss as registry_create_loss
+
+        return registry_create_loss(name, args)
+
+    return create_loss
+
+
+def install_open_clip(open_clip: types.ModuleType) -> None:
+    if "open_clip" in _INSTALLED:
+        return
+    check_open_clip_version(getattr(open_clip, "__version__", "unknown"))
+    factory = open_clip.factory
+
+    factory.add_model_config(model_configs_dir())
+
+    if getattr(factory.CLIP, "__name__", "") != "_build_model":
+        _build_model.upstream_clip = factory.CLIP
+        factory.CLIP = _build_model
+
+    if not hasattr(factory.create_loss, "__wrapped__"):
+        wrapped = _make_create_loss(factory.create_loss)
+        factory.create_loss = wrapped
+        open_clip.create_loss = wrapped
+    _INSTALLED.add("open_clip")
+
+
+# --- open_clip_train.params ----------------------------------------------------------------
+class _PluginArgumentParser(argparse.ArgumentParser):
+    """Upstream's parser plus the plugin's flags (so ``--help`` lists them) and their checks."""
+
+    def parse_args(self, args=None, namespace=None):
+        if not getattr(self, "_lightclip_args_added", False):
+            from .trainer_args import add_args
+
+            add_args(self)
+            self._lightclip_args_added = True
+        parsed = super().parse_args(args, namespace)
+        from .trainer_args import check_args
+
+        check_args(parsed, self)
+        return parsed
+
+
+def install_params(params: types.ModuleType) -> None:
+    """Make ``params.parse_args`` build ``_PluginArgumentParser`` instead of ``argparse.ArgumentParser``."""
+    if "params" in _INSTALLED:
+        return
+    import open_clip  # noqa: F401  (the hook above runs first: configs, version check)
+
+    proxy = types.ModuleType("argparse")
+    proxy.__dict__.update(argparse.__dict__)
+    proxy.ArgumentParser = _PluginArgumentParser
+    params.argparse = proxy
+    _INSTALLED.add("params")

@@ -1,0 +1,143 @@
+"""``LightCLIP``: a drop-in for ``open_clip.CLIP`` with a timm CNN image tower.
+
+Inference (``encode_image`` / ``encode_text``) is exactly plain CLIP on the same towers.
+When a training objective needs them (``output_tokens = True``), ``forward`` in training
+mode also returns the image patch tokens and the text tower's per-position outputs.
+"""
+from typing import Callable, Dict, Optional, Type
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .towers import TimmCNNTower, build_text_tower
+
+__all__ = ["LightCLIP", "register_model_class", "get_model_class", "text_word_mask"]
+
+_MODEL_CLASSES: Dict[str, Type[nn.Module]] = {}
+
+
+def register_model_class(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
+    """Class decorator: make ``"model_class": name`` in a model config build this class."""
+
+    def _register(cls):
+        _MODEL_CLASSES[name] = cls
+        return cls
+
+    return _register
+
+
+def get_model_class(name: str) -> Type[nn.Module]:
+    try:
+        return _MODEL_CLASSES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model_class {name!r} in model config; known: {sorted(_MODEL_CLASSES)}") from None
+
+
+def text_word_mask(text: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """True at real word positions of CLIP-tokenized text: not SOT (position 0), EOT or padding.
+
+    The EOT token is the largest id of each row (OpenCLIP's ``argmax`` pooling relies on the same).
+    """
+    positions = torch.arange(text.shape[1], device=text.device)
+    eot = text.argmax(dim=-1, keepdim=True)
+    return (positions > 0) & (positions < eot) & (text != pad_id)
+
+
+@register_model_class("LightCLIP")
+class LightCLIP(nn.Module):
+    """CLIP with a timm CNN image tower (``visual``) and OpenCLIP's text transformer (``text``).
+
+    Args mirror ``open_clip.CLIP``; ``vision_cfg`` holds ``TimmCNNTower`` arguments.
+    """
+
+    output_dict: bool
+
+    def __init__(
+            self,
+            embed_dim: int,
+            vision_cfg: dict,
+            text_cfg: dict,
+            quick_gelu: bool = False,
+            init_logit_scale: float = np.log(1 / 0.07),
+            init_logit_bias: Optional[float] = None,
+            nonscalar_logit_scale: bool = False,
+            cast_dtype: Optional[torch.dtype] = None,
+            output_dict: bool = False,
+    ):
+        super().__init__()
+        self.output_dict = output_dict
+        self.output_tokens = False  # set by objectives that need patch / word tokens
+        self.visual = TimmCNNTower(embed_dim=embed_dim, **vision_cfg)
+        self.text = build_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype)
+        self.context_length = self.text.context_length
+        self.vocab_size = self.text.vocab_size
+        lshape = [1] if nonscalar_logit_scale else []
+        self.logit_scale = nn.Parameter(torch.ones(lshape) * init_logit_scale)
+        self.logit_bias = nn.Parameter(torch.ones(lshape) * init_logit_bias) if init_logit_bias is not None else None
+
+    # --- upstream CLIP API ---------------------------------------------------------------
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        self.visual.lock(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        self.text.lock(unlocked_layers, freeze_layer_norm)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {"text." + n for n in self.text.no_weight_decay()}
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(image)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features, _ = self.text(text)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def get_logits(self, image: torch.Tensor, text: torch.Tensor):
+        image_features = self.encode_image(image, normalize=True)
+        text_features = self.encode_text(text, normalize=True)
+        image_logits = self.logit_scale.exp() * image_features @ text_features.T
+        if self.logit_bias is not None:
+            image_logits += self.logit_bias
+        return image_logits, image_logits.T
+
+    # --- training forward ----------------------------------------------------------------
+    def forward_train(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Embeddings plus tokens: ``image_tokens`` (B, H*W, C), ``text_tokens`` (B, L, W),
+        ``text_mask`` (B, L, bool: real words) and the token ids ``text``."""
+        image_features, image_tokens = self.visual.forward_tokens(image)
+        text_features, text_tokens = self.text(text)
+        return {
+            "image_features": F.normalize(image_features, dim=-1),
+            "text_features": F.normalize(text_features, dim=-1),
+            "image_tokens": image_tokens,
+            "text_tokens": text_tokens,
+            "text_mask": text_word_mask(text, self.text.pad_id),
+            "text": text,
+        }
+
+    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
+        if self.output_tokens and self.training and image is not None and text is not None:
+            out = self.forward_train(image, text)
+        else:
+            out = {
+                "image_features": self.encode_image(image, normalize=True) if image is not None else None,
+                "text_features": self.encode_text(text, normalize=True) if text is not None else None,
+            }
+        if self.output_dict:
+            out["logit_scale"] = self.logit_scale.exp()
+            if self.logit_bias is not None:
+                out["logit_bias"] = self.logit_bias
+            return out
+        if self.logit_bias is not None:
+            return out["image_features"], out["text_features"], self.logit_scale.exp(), self.logit_bias
+        return out["image_features"], out["text_features"], self.logit_scale.exp()
