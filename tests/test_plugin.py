@@ -1,0 +1,90 @@
+"""The plugin registers itself on `import open_clip`, with no import by the user."""
+import textwrap
+
+import pytest
+
+from conftest import run_python
+from open_clip_lightclip.integration import check_open_clip_version
+
+PLUGIN_MODELS = ["LightCLIP-EffB0", "LightCLIP-MNv3", "LightCLIP-MNv3-S", "LightCLIP-Tiny"]
+
+
+def test_plain_interpreter_start_does_not_import_torch():
+    proc = run_python(["-c", "import sys; print('torch' in sys.modules, 'open_clip_lightclip._autoload' in sys.modules)"])
+    assert proc.stdout.split() == ["False", "True"]
+
+
+def test_import_open_clip_lists_models_without_importing_plugin(tmp_path):
+    code = textwrap.dedent("""
+        import open_clip
+        print(','.join(m for m in open_clip.list_models() if m.startswith('LightCLIP')))
+        tok = open_clip.get_tokenizer('LightCLIP-MNv3')
+        print(tuple(tok(['a photo of a dog']).shape))
+    """)
+    proc = run_python(["-c", code], cwd=tmp_path)  # not the checkout: the installed plugin must do it
+    lines = proc.stdout.splitlines()
+    assert lines[0].split(",") == PLUGIN_MODELS
+    assert lines[1] == "(1, 77)"
+
+
+def test_env_var_turns_plugin_off(tmp_path):
+    code = "import sys, open_clip; print(any(m.startswith('LightCLIP') for m in open_clip.list_models()), 'open_clip_lightclip' in sys.modules)"
+    proc = run_python(["-c", code], cwd=tmp_path, OPEN_CLIP_LIGHTCLIP_DISABLE="1")
+    assert proc.stdout.split() == ["False", "False"]
+
+
+def test_unsupported_open_clip_version_is_refused(tmp_path):
+    fake = tmp_path / "open_clip"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("__version__ = '3.4.1'\n")
+    proc = run_python(["-c", "import open_clip"], check=False, cwd=tmp_path, PYTHONPATH=str(tmp_path))
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: open-clip-lightclip supports open_clip_torch>=3.3,<3.4, found open_clip_torch 3.4.1")
+    assert "OPEN_CLIP_LIGHTCLIP_DISABLE=1" in last
+
+
+@pytest.mark.parametrize("version,ok", [("3.3.0", True), ("3.3.12", True), ("3.2.0", False), ("3.4.0", False),
+                                        ("4.0.0", False), ("unknown", False)])
+def test_version_range(version, ok):
+    if ok:
+        check_open_clip_version(version)
+    else:
+        with pytest.raises(ImportError, match=r"supports open_clip_torch>=3\.3,<3\.4"):
+            check_open_clip_version(version)
+
+
+def test_trainer_help_lists_plugin_flags():
+    proc = run_python(["-m", "open_clip_train.main", "--help"])
+    assert "--loss {clip,siglip" in proc.stdout
+    assert "open-clip-lightclip" in proc.stdout
+
+
+def _trainer_error(*argv):
+    proc = run_python(["-m", "open_clip_train.main", "--train-data", "x.tar", "--device", "cpu", *argv], check=False)
+    assert proc.returncode == 2, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_loss_is_a_one_line_error():
+    line = _trainer_error("--model", "LightCLIP-Tiny", "--loss", "infonce")
+    assert "argument --loss: invalid choice: 'infonce' (choose from " in line
+    assert "clip" in line and "siglip" in line
+
+
+def test_unknown_model_is_a_one_line_error_with_suggestion():
+    line = _trainer_error("--model", "LightCLIP-MNv4", "--loss", "clip")
+    assert "unknown model 'LightCLIP-MNv4': did you mean LightCLIP-MNv3" in line
+    assert "open_clip.list_models()" in line
+
+
+def test_siglip_flag_conflicting_with_loss_is_refused():
+    line = _trainer_error("--model", "LightCLIP-Tiny", "--loss", "clip", "--siglip")
+    assert "--siglip conflicts with --loss clip" in line
+
+
+def test_create_model_unknown_name_names_the_choices():
+    import open_clip
+
+    with pytest.raises(RuntimeError, match="'LightCLIP-Nope' not found in built-ins. Available: .*LightCLIP-MNv3"):
+        open_clip.create_model("LightCLIP-Nope")
