@@ -1,8 +1,8 @@
 """``LightCLIP``: a drop-in for ``open_clip.CLIP`` with a timm CNN image tower.
 
 Inference (``encode_image`` / ``encode_text``) is exactly plain CLIP on the same towers.
-When a training objective needs them (``output_tokens = True``), ``forward`` in training
-mode also returns the image patch tokens and the text tower's per-position outputs.
+When a training objective needs them (``output_tokens = True``), the dict ``forward`` returns
+in training mode also holds the image patch tokens and the text tower's per-position outputs.
 """
 from typing import Callable, Dict, Optional, Type
 
@@ -126,7 +126,7 @@ class LightCLIP(nn.Module):
         }
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        if self.output_tokens and self.training and image is not None and text is not None:
+        if self.output_dict and self.output_tokens and self.training and image is not None and text is not None:
             out = self.forward_train(image, text)
         else:
             out = {
