@@ -22,6 +22,10 @@ SUPPORTED_RANGE = "open_clip_torch>=3.3,<3.4"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _INSTALLED = set()
+# The trainer's parsed args, from parse_args until the trainer's model is built: the first
+# model built after parsing gets the loss's ``configure_model`` hook (a distillation
+# teacher, built later, does not).
+_PENDING_TRAINER_ARGS = None
 
 
 def model_configs_dir() -> Path:
@@ -48,12 +52,27 @@ def _build_model(**model_cfg):
     """Stands in for ``open_clip.factory.CLIP``: builds the class named by ``model_class``."""
     name = model_cfg.pop("model_class", None)
     if name is None:
-        return _build_model.upstream_clip(**model_cfg)
-    from .model import get_model_class
+        model = _build_model.upstream_clip(**model_cfg)
+    else:
+        from .model import get_model_class
 
-    cls = get_model_class(name)
-    logging.info(f"open-clip-lightclip: model_class {name!r} -> {cls.__module__}.{cls.__qualname__}")
-    return cls(**model_cfg)
+        cls = get_model_class(name)
+        logging.info(f"open-clip-lightclip: model_class {name!r} -> {cls.__module__}.{cls.__qualname__}")
+        model = cls(**model_cfg)
+    _configure_trainer_model(model)
+    return model
+
+
+def _configure_trainer_model(model) -> None:
+    global _PENDING_TRAINER_ARGS
+    args, _PENDING_TRAINER_ARGS = _PENDING_TRAINER_ARGS, None
+    if args is None:
+        return
+    from .losses import get_loss_entry
+
+    entry = get_loss_entry(args.loss)
+    if entry.configure_model is not None:
+        entry.configure_model(model, args)
 
 
 def _make_create_loss(upstream_create_loss):
@@ -103,6 +122,8 @@ class _PluginArgumentParser(argparse.ArgumentParser):
         from .trainer_args import check_args
 
         check_args(parsed, self)
+        global _PENDING_TRAINER_ARGS
+        _PENDING_TRAINER_ARGS = parsed if parsed.loss is not None else None
         return parsed
 
 

@@ -9,7 +9,7 @@ __all__ = ["add_args", "check_args"]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    from .losses import list_losses
+    from .losses import get_loss_entry, list_losses
 
     group = parser.add_argument_group("open-clip-lightclip")
     group.add_argument(
@@ -19,6 +19,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         choices=list_losses(),
         help="Training objective (open-clip-lightclip). Absent: upstream's choice (--siglip, CoCa, distill).",
     )
+    for name in list_losses():
+        entry = get_loss_entry(name)
+        if entry.add_args is not None:
+            entry.add_args(parser.add_argument_group(f"--loss {name}"))
 
 
 def _check_model_name(name: str) -> str:
@@ -45,3 +49,11 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error(f"--siglip conflicts with --loss {args.loss}; drop --siglip (or use --loss siglip)")
     if args.loss == "siglip":
         args.siglip = True  # upstream keys the SigLIP logit bias init on --siglip
+    from .losses import get_loss_entry
+
+    entry = get_loss_entry(args.loss)
+    if entry.check_args is not None:
+        try:
+            entry.check_args(args)
+        except ValueError as e:
+            parser.error(str(e))

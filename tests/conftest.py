@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from open_clip_lightclip.cli import trainer_command
+from open_clip_lightclip.trainer_cmd import trainer_command
 from open_clip_lightclip.shards import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]

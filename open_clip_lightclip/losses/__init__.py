@@ -2,6 +2,8 @@
 
 Importing this package registers every objective with the ``--loss`` registry.
 """
-from .registry import create_loss, list_losses, register_loss
+from .registry import LossEntry, create_loss, get_loss_entry, list_losses, register_loss
 
-__all__ = ["create_loss", "list_losses", "register_loss"]
+# Each objective registers itself on import; add new ones here.
+
+__all__ = ["LossEntry", "create_loss", "get_loss_entry", "list_losses", "register_loss"]

@@ -2,22 +2,37 @@
 
 A factory gets the trainer's parsed ``args`` (rank, world size, flags) and returns a loss
 module called as ``loss(**model_out, output_dict=True)`` that returns a dict of named terms.
+An entry may also bring its own trainer flags (``add_args``), a check of them run right
+after parsing (``check_args``, raises ``ValueError`` with a one-line message) and a
+``configure_model(model, args)`` run on the trainer's model right after it is built
+(before locking, DDP and the optimizer), to switch on token outputs or attach
+training-only modules.
 """
-from typing import Callable, Dict, List
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 
-__all__ = ["register_loss", "create_loss", "list_losses"]
-
-LossFactory = Callable[..., nn.Module]
-_LOSSES: Dict[str, LossFactory] = {}
+__all__ = ["LossEntry", "register_loss", "create_loss", "list_losses", "get_loss_entry"]
 
 
-def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
-    """Decorator: register ``factory(args) -> nn.Module`` under ``name``."""
+@dataclass(frozen=True)
+class LossEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    add_args: Optional[Callable] = None  # (argparse group) -> None
+    check_args: Optional[Callable] = None  # (args) -> None, raises ValueError
+    configure_model: Optional[Callable] = None  # (model, args) -> None
 
-    def _register(factory: LossFactory) -> LossFactory:
-        _LOSSES[name] = factory
+
+_LOSSES: Dict[str, LossEntry] = {}
+
+
+def register_loss(name: str, add_args=None, check_args=None, configure_model=None):
+    """Decorator: register ``factory(args) -> nn.Module`` (and its optional hooks) under ``name``."""
+
+    def _register(factory):
+        _LOSSES[name] = LossEntry(name, factory, add_args, check_args, configure_model)
         return factory
 
     return _register
@@ -27,10 +42,14 @@ def list_losses() -> List[str]:
     return list(_LOSSES)
 
 
-def create_loss(name: str, args) -> nn.Module:
+def get_loss_entry(name: str) -> LossEntry:
     if name not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(_LOSSES)}")
-    return _LOSSES[name](args)
+    return _LOSSES[name]
+
+
+def create_loss(name: str, args) -> nn.Module:
+    return get_loss_entry(name).factory(args)
 
 
 def _upstream_create_loss(args) -> nn.Module:
