@@ -13,7 +13,12 @@ import torch.nn.functional as F
 
 from .towers import TimmCNNTower, build_text_tower
 
-__all__ = ["LightCLIP", "register_model_class", "get_model_class", "text_word_mask"]
+__all__ = ["LightCLIP", "register_model_class", "get_model_class", "text_word_mask", "TRAINING_ONLY_MODULES"]
+
+# Attribute names of training-only submodules (objective heads, critics, discriminators) on a
+# model. ``encode_image`` / ``encode_text`` never run them; export drops every state_dict key
+# under them, and inference models are built without them.
+TRAINING_ONLY_MODULES = ("lightclip_train", "cliplite_prior")
 
 _MODEL_CLASSES: Dict[str, Type[nn.Module]] = {}
 
