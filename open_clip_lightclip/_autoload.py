@@ -13,6 +13,7 @@ import sys
 _HOOKS = {
     "open_clip": "install_open_clip",
     "open_clip_train.params": "install_params",
+    "clip_benchmark.metrics.zeroshot_classification": "install_clip_benchmark_zeroshot",
 }
 
 

@@ -89,6 +89,18 @@ def _make_create_loss(upstream_create_loss):
     return create_loss
 
 
+def _make_load_checkpoint(upstream_load_checkpoint):
+    @functools.wraps(upstream_load_checkpoint)
+    def load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, device="cpu"):
+        """Trainer checkpoints as they are: training-only modules ignored, one-line errors (see checkpoint.py)."""
+        from .checkpoint import load_checkpoint as plugin_load_checkpoint
+
+        return plugin_load_checkpoint(upstream_load_checkpoint, model, checkpoint_path, strict=strict,
+                                      weights_only=weights_only, device=device)
+
+    return load_checkpoint
+
+
 def install_open_clip(open_clip: types.ModuleType) -> None:
     if "open_clip" in _INSTALLED:
         return
@@ -105,6 +117,11 @@ def install_open_clip(open_clip: types.ModuleType) -> None:
         wrapped = _make_create_loss(factory.create_loss)
         factory.create_loss = wrapped
         open_clip.create_loss = wrapped
+
+    if not hasattr(factory.load_checkpoint, "__wrapped__"):
+        wrapped_load = _make_load_checkpoint(factory.load_checkpoint)
+        factory.load_checkpoint = wrapped_load
+        open_clip.load_checkpoint = wrapped_load
     _INSTALLED.add("open_clip")
 
 
@@ -138,3 +155,23 @@ def install_params(params: types.ModuleType) -> None:
     proxy.ArgumentParser = _PluginArgumentParser
     params.argparse = proxy
     _INSTALLED.add("params")
+
+
+# --- clip_benchmark.metrics.zeroshot_classification ------------------------------------------
+def install_clip_benchmark_zeroshot(zeroshot: types.ModuleType) -> None:
+    """clip-benchmark 1.6.2's ``accuracy`` does ``float()`` of a 1-element array, which NumPy 2.4
+    rejects; replace it with the same computation through ``.item()`` (pyproject also pins
+    ``numpy<2.4``; this keeps ``clip_benchmark eval`` working where that pin is overridden)."""
+    if "clip_benchmark_zeroshot" in _INSTALLED or not hasattr(zeroshot, "accuracy"):
+        return
+    upstream = zeroshot.accuracy
+
+    @functools.wraps(upstream)
+    def accuracy(output, target, topk=(1,)):
+        pred = output.topk(max(topk), 1, True, True)[1].t()
+        correct = pred.eq(target.view(1, -1).expand_as(pred))
+        n = len(target)
+        return [correct[:k].reshape(-1).float().sum().item() / n for k in topk]
+
+    zeroshot.accuracy = accuracy
+    _INSTALLED.add("clip_benchmark_zeroshot")

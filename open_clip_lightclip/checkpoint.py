@@ -1,0 +1,135 @@
+"""Loading trainer checkpoints for inference: what ``pretrained='epoch_N.pt'`` goes through.
+
+:func:`load_checkpoint` wraps OpenCLIP's ``factory.load_checkpoint`` (installed by
+:mod:`open_clip_lightclip.integration`) so that
+
+* keys of training-only modules (``TRAINING_ONLY_MODULES``: LightCLIP's fusion blocks / MLM
+  head / token projections, CLIP-Lite's prior discriminator) that the model being loaded does
+  not have are ignored, and a model that has them may load a checkpoint without them;
+  every other key must still match exactly (upstream's ``strict=True``);
+* a checkpoint trained with a SigLIP loss (``logit_bias`` in the file) loads into a model
+  built without ``init_logit_bias``;
+* a missing, truncated or foreign file stops with a one-line :class:`CheckpointError` naming
+  the file and the problem.
+"""
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CheckpointError", "read_state_dict", "training_only_module", "load_checkpoint",
+           "TRAINING_ONLY_MODULES"]
+
+from .model import TRAINING_ONLY_MODULES
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message is one line naming the file."""
+
+
+def training_only_module(key: str) -> Optional[str]:
+    """The training-only module a state_dict key belongs to (``module.`` prefix allowed), else None."""
+    key = key[len("module."):] if key.startswith("module.") else key
+    head = key.split(".", 1)[0]
+    return head if head in TRAINING_ONLY_MODULES else None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0].split(". ")[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def read_state_dict(path, weights_only: bool = True) -> Dict[str, torch.Tensor]:
+    """The state_dict of a trainer checkpoint (``.pt``), a bare state_dict or a ``.safetensors`` file,
+    with the ``module.`` prefix of DDP runs removed. Raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (truncated?)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(str(path), device="cpu")
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {_first_line(e)}") from e
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(
+            f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {_first_line(e)}") from e
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not checkpoint or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint.items()):
+        raise CheckpointError(f"{path}: not a model checkpoint (no state_dict of tensors in it)")
+    if all(k.startswith("module.") for k in checkpoint):
+        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def _examples(keys: List[str], n: int = 2) -> str:
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return shown + (", ..." if len(keys) > n else "")
+
+
+def _shape(t) -> str:
+    return "x".join(str(s) for s in t.shape) or "scalar"
+
+
+def _mismatch(path, model: nn.Module, state_dict: Dict[str, torch.Tensor], missing: Iterable[str],
+              unexpected: Iterable[str], cause: Optional[BaseException] = None) -> CheckpointError:
+    own = model.state_dict()
+    shapes = [k for k, v in state_dict.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    parts = []
+    missing, unexpected = list(missing), list(unexpected)
+    if missing:
+        parts.append(f"{len(missing)} keys of the model missing from the file ({_examples(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} keys in the file the model does not have ({_examples(unexpected)})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k!r}: {_shape(state_dict[k])} in the file, "
+                     f"{_shape(own[k])} in the model)")
+    if not parts and cause is not None:
+        parts.append(_first_line(cause))
+    name = getattr(model, "_lightclip_config_name", None) or type(model).__name__
+    return CheckpointError(
+        f"{path}: not a checkpoint of this architecture ({name}): " + "; ".join(parts)
+        + " (pick the --model / model name the checkpoint was trained with)")
+
+
+def load_checkpoint(upstream, model: nn.Module, checkpoint_path, strict: bool = True, weights_only: bool = True,
+                    device="cpu"):
+    """OpenCLIP's ``load_checkpoint`` (``upstream``), tolerant of training-only modules only."""
+    if Path(str(checkpoint_path)).suffix in (".npz", ".npy"):
+        return upstream(model, checkpoint_path, strict=strict, weights_only=weights_only, device=device)
+    state_dict = read_state_dict(checkpoint_path, weights_only=weights_only)
+    if "logit_bias" in state_dict and getattr(model, "logit_bias", False) is None:
+        # trained with a SigLIP loss (upstream builds such models with init_logit_bias)
+        model.logit_bias = nn.Parameter(torch.zeros_like(state_dict["logit_bias"]))
+    try:
+        incompatible = upstream(model, checkpoint_path, strict=False, weights_only=weights_only, device=device)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        own = model.state_dict()
+        raise _mismatch(checkpoint_path, model, state_dict,
+                        [k for k in own if k not in state_dict and not training_only_module(k)],
+                        [k for k in state_dict if k not in own and not training_only_module(k)], e) from e
+    missing = [k for k in incompatible.missing_keys if not training_only_module(k)]
+    unexpected = [k for k in incompatible.unexpected_keys if not training_only_module(k)]
+    if strict and (missing or unexpected):
+        raise _mismatch(checkpoint_path, model, state_dict, missing, unexpected)
+    return incompatible

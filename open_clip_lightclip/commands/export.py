@@ -1,0 +1,31 @@
+"""``open-clip-lightclip export CKPT OUT_DIR``: an inference-only model in OpenCLIP's hub layout."""
+import argparse
+import sys
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_checkpoint, main_error
+
+    try:
+        export_checkpoint(args.checkpoint, args.out_dir, model_name=args.model, onnx=args.onnx, force=args.force)
+    except Exception as e:  # one line naming the file and the problem
+        print(f"error: {main_error(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a trainer checkpoint as an inference-only model (open_clip_config.json + "
+                       "open_clip_model.safetensors, loadable with 'local-dir:OUT_DIR'), optionally ONNX",
+        description="Write an inference-only copy of a trainer checkpoint (training-only modules dropped) "
+                    "in the layout OpenCLIP's local-dir: / hf-hub: loaders read, check that it reloads with "
+                    "the checkpoint's embeddings, and print parameter counts before and after.")
+    p.add_argument("checkpoint", metavar="CKPT", help="trainer checkpoint (epoch_N.pt), state_dict or .safetensors")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must be new or empty unless --force)")
+    p.add_argument("--model", default=None,
+                   help="model config name (default: the 'model' in the run's params.txt next to checkpoints/)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write image_encoder.onnx and text_encoder.onnx, checked against onnxruntime")
+    p.add_argument("--force", action="store_true", help="write into OUT_DIR even if it is not empty")
+    p.set_defaults(func=_cmd_export)

@@ -1,0 +1,282 @@
+"""Export a trainer checkpoint as an inference-only OpenCLIP model (and optionally ONNX encoders).
+
+The output folder has the layout OpenCLIP's ``local-dir:`` and ``hf-hub:`` loaders read and
+``open_clip.push_to_hf_hub`` writes:
+
+* ``open_clip_config.json``: ``{"model_cfg": ..., "preprocess_cfg": ...}``;
+* ``open_clip_model.safetensors``: the inference model's state_dict (no training-only modules);
+* with ONNX: ``image_encoder.onnx`` (``image`` -> ``image_features``) and ``text_encoder.onnx``
+  (``text`` -> ``text_features``), both un-normalised like ``encode_image`` / ``encode_text``.
+
+So ``open_clip.create_model_and_transforms('local-dir:OUT_DIR')`` loads it (with this plugin
+installed for ``LightCLIP`` configs).
+"""
+import ast
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, read_state_dict, training_only_module
+
+__all__ = ["ExportError", "ExportReport", "export_checkpoint", "export_model", "export_onnx", "run_params",
+           "CONFIG_NAME", "WEIGHTS_NAME", "IMAGE_ONNX", "TEXT_ONNX"]
+
+CONFIG_NAME = "open_clip_config.json"  # open_clip.constants.HF_CONFIG_NAME
+WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip.constants.HF_SAFE_WEIGHTS_NAME
+IMAGE_ONNX = "image_encoder.onnx"
+TEXT_ONNX = "text_encoder.onnx"
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class ExportError(RuntimeError):
+    """Export cannot proceed; the message is one line."""
+
+
+@dataclass
+class ExportReport:
+    model_name: str
+    out_dir: Path
+    params_before: int  # in the checkpoint, training-only modules included
+    params_training_only: Dict[str, int]  # per training-only module
+    params_after: int  # in the exported model
+    max_abs_diff: float  # embeddings: checkpoint vs exported (reloaded via local-dir:)
+    onnx_max_abs_diff: Dict[str, float] = field(default_factory=dict)
+
+
+def run_params(checkpoint: Path) -> Dict[str, object]:
+    """The trainer's ``params.txt`` of the run a checkpoint belongs to (``RUN/checkpoints/epoch_N.pt``)."""
+    params_file = Path(checkpoint).resolve().parent.parent / "params.txt"
+    if not params_file.is_file():
+        return {}
+    params = {}
+    for line in params_file.read_text().splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep:
+            continue
+        try:
+            params[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key] = value
+    return params
+
+
+def _create_kwargs(params: Dict[str, object]) -> Dict[str, object]:
+    """``open_clip.create_model`` arguments that reproduce the trainer's model and preprocessing."""
+    kwargs = {}
+    size = params.get("force_image_size")
+    if isinstance(size, (list, tuple)):
+        size = size[0] if len(size) == 1 else tuple(size)
+    if size:
+        kwargs["force_image_size"] = size
+    if params.get("force_context_length"):
+        kwargs["force_context_length"] = params["force_context_length"]
+    if params.get("force_quick_gelu"):
+        kwargs["force_quick_gelu"] = True
+    if params.get("force_custom_text"):
+        kwargs["force_custom_text"] = True
+    pp = {}
+    for arg, key in (("image_mean", "mean"), ("image_std", "std"), ("image_interpolation", "interpolation"),
+                     ("image_resize_mode", "resize_mode")):
+        if params.get(arg):
+            pp[key] = params[arg]
+    if pp:
+        kwargs["force_preprocess_cfg"] = pp
+    return kwargs
+
+
+def _model_cfg(model_name: str, kwargs: Dict[str, object], state_dict: Dict[str, torch.Tensor]) -> dict:
+    import open_clip
+
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ExportError(f"unknown model {model_name!r}; see `open-clip-lightclip list-models`")
+    if "force_image_size" in kwargs:
+        cfg["vision_cfg"]["image_size"] = kwargs["force_image_size"]
+    if "force_context_length" in kwargs:
+        cfg["text_cfg"]["context_length"] = kwargs["force_context_length"]
+    if kwargs.get("force_quick_gelu"):
+        cfg["quick_gelu"] = True
+    if kwargs.get("force_custom_text"):
+        cfg["custom_text"] = True
+    if "logit_bias" in state_dict:  # trained with a SigLIP loss: the inference model keeps its bias
+        cfg["init_logit_bias"] = float(state_dict["logit_bias"].reshape(-1)[0])
+    for name in ("timm_model_pretrained", "hf_model_pretrained"):  # the weights come from the file
+        cfg.get("vision_cfg", {}).pop(name, None)
+        cfg.get("text_cfg", {}).pop(name, None)
+    return cfg
+
+
+def _count(state_dict: Dict[str, torch.Tensor], buffers=()) -> int:
+    return sum(v.numel() for k, v in state_dict.items()
+               if k not in buffers and not k.endswith(_BUFFER_SUFFIXES))
+
+
+def _probe_inputs(model: nn.Module, context_length: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    size = getattr(model.visual, "image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    images = torch.randn(2, 3, h, w, generator=gen)
+    texts = torch.randint(1, 49000, (2, context_length), generator=gen)
+    texts[:, 0] = 49406  # SOT
+    texts[0, 5], texts[1, context_length - 1] = 49407, 49407  # EOT (argmax pooling)
+    texts[0, 6:] = 0
+    return images, texts
+
+
+@torch.no_grad()
+def _embed(model: nn.Module, images: torch.Tensor, texts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    return model.encode_image(images), model.encode_text(texts)
+
+
+def export_model(model: nn.Module, model_cfg: dict, out_dir: Path) -> None:
+    """Write ``open_clip_config.json`` (as ``push_to_hf_hub`` does) and ``open_clip_model.safetensors``."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    leaked = sorted({training_only_module(k) for k in state_dict} - {None})
+    if leaked:
+        raise ExportError(f"inference model still has training-only modules {leaked}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state_dict, str(out_dir / WEIGHTS_NAME))
+    save_config_for_hf(model, out_dir / CONFIG_NAME, model_config=model_cfg)
+    # tuples (e.g. mean/std) come back as lists from JSON; nothing else to normalise
+
+
+class _ImageEncoder(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        return self.model.encode_image(image)
+
+
+class _TextEncoder(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, text):
+        return self.model.encode_text(text)
+
+
+def export_onnx(model: nn.Module, out_dir: Path, context_length: int, opset: int = 17,
+                verify: bool = True) -> Dict[str, float]:
+    """Write the image and text encoders as ONNX; with onnxruntime installed, return the max
+    absolute difference of its outputs from PyTorch's (another batch size than the traced one)."""
+    import warnings
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ExportError("--onnx needs the onnx package: pip install 'open-clip-lightclip[onnx]'") from None
+    model.eval()
+    images, texts = _probe_inputs(model, context_length)
+    specs = [
+        (_ImageEncoder(model).eval(), images, "image", "image_features", out_dir / IMAGE_ONNX),
+        (_TextEncoder(model).eval(), texts, "text", "text_features", out_dir / TEXT_ONNX),
+    ]
+    for module, example, inp, outp, path in specs:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[inp], output_names=[outp],
+                              dynamic_axes={inp: {0: "batch"}, outp: {0: "batch"}})
+    diffs = {}
+    if not verify:
+        return diffs
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return diffs
+    images3 = torch.cat([images, images.flip(0)[:1] * 0.5])  # a batch size other than the traced one
+    texts3 = torch.cat([texts, texts[:1]])
+    ref_image, ref_text = _embed(model, images3, texts3)
+    for (module, _, inp, _, path), x, ref in zip(specs, (images3, texts3), (ref_image, ref_text)):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {inp: x.numpy()})[0]
+        diffs[path.name] = float((torch.from_numpy(out) - ref).abs().max())
+    return diffs
+
+
+def export_checkpoint(
+        checkpoint,
+        out_dir,
+        model_name: Optional[str] = None,
+        onnx: bool = False,
+        force: bool = False,
+        log: Callable[[str], None] = print,
+) -> ExportReport:
+    """Export ``checkpoint`` (a trainer ``epoch_N.pt``, a state_dict or a ``.safetensors``) to ``out_dir``.
+
+    The model name defaults to the ``model`` of the run's ``params.txt`` (next to
+    ``checkpoints/``), as do ``--force-image-size`` / ``--force-context-length`` and the image
+    mean / std / interpolation the run was trained with.
+    """
+    import open_clip
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    state_dict = read_state_dict(checkpoint)
+    params = run_params(checkpoint)
+    if model_name is None:
+        model_name = params.get("model")
+        if not model_name:
+            raise ExportError(f"{checkpoint}: no params.txt of a trainer run next to it; pass --model NAME")
+        log(f"model: {model_name} (from {checkpoint.resolve().parent.parent / 'params.txt'})")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise ExportError(f"{out_dir}: exists and is not empty; choose another folder or pass --force")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is not a folder")
+    kwargs = _create_kwargs(params) if params.get("model") == model_name else {}
+    model_cfg = _model_cfg(model_name, kwargs, state_dict)
+    extra = {"init_logit_bias": model_cfg["init_logit_bias"]} if "init_logit_bias" in model_cfg else {}
+    model = open_clip.create_model(model_name, pretrained=str(checkpoint), **kwargs, **extra).eval()
+
+    inference_keys = set(model.state_dict())
+    buffers = {n for n, _ in model.named_buffers()}
+    training_only: Dict[str, int] = {}
+    for key, value in state_dict.items():
+        module = training_only_module(key)
+        if module is not None and key not in inference_keys and not key.endswith(_BUFFER_SUFFIXES):
+            training_only[module] = training_only.get(module, 0) + value.numel()
+    before = _count(state_dict, buffers)
+    after = sum(p.numel() for p in model.parameters())
+
+    export_model(model, model_cfg, out_dir)
+    reloaded = open_clip.create_model(f"local-dir:{out_dir}").eval()
+    context_length = model_cfg["text_cfg"].get("context_length", 77)
+    images, texts = _probe_inputs(model, context_length)
+    expected, got = _embed(model, images, texts), _embed(reloaded, images, texts)
+    diff = max(float((a - b).abs().max()) for a, b in zip(expected, got))
+    if diff > 1e-6:
+        raise ExportError(f"{out_dir}: reloaded model differs from the checkpoint (max |diff| {diff:.2e})")
+
+    removed = ", ".join(f"{k} {v:,}" for k, v in training_only.items()) or "none in the checkpoint"
+    log(f"parameters before: {before:,} in {checkpoint} (training-only: {removed})")
+    log(f"parameters after:  {after:,} in {out_dir / WEIGHTS_NAME}")
+    log(f"wrote {out_dir / CONFIG_NAME} and {out_dir / WEIGHTS_NAME}; "
+        f"reloaded via local-dir:, embeddings max |diff| {diff:.1e}")
+    report = ExportReport(model_name, out_dir, before, training_only, after, diff)
+    if onnx:
+        report.onnx_max_abs_diff = export_onnx(model, out_dir, context_length)
+        worst = max(report.onnx_max_abs_diff.values(), default=0.0)
+        if worst > 1e-4:
+            raise ExportError(f"{out_dir}: onnxruntime outputs differ from PyTorch (max |diff| {worst:.2e} > 1e-4)")
+        if report.onnx_max_abs_diff:
+            shown = ", ".join(f"{k} max |diff| {v:.1e}" for k, v in report.onnx_max_abs_diff.items())
+            log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX}; onnxruntime vs PyTorch: {shown}")
+        else:
+            log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX} (onnxruntime not installed: not verified)")
+    return report
+
+
+def main_error(exc: BaseException) -> str:
+    """One-line message of an export failure."""
+    if isinstance(exc, (ExportError, CheckpointError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
