@@ -1,0 +1,201 @@
+"""``open-clip-lightclip bench inference``: what an exported LightCLIP model costs at inference,
+next to a plain OpenCLIP ``CLIP`` built from the same towers, measured in one run.
+
+For each config: the LightCLIP model is exported (``export_model``: training-only modules
+dropped) and reloaded through ``local-dir:``, exactly as a user would deploy it. The baseline
+is upstream ``open_clip.model.CLIP`` with the same ``text_cfg`` and upstream's ``TimmModel``
+on the same timm trunk. Upstream's ``timm_proj: "linear"`` crashes for MobileNetV3 (it sizes
+the projection from ``num_features``), so the baseline projects with timm's own classifier
+(``timm_proj: null``, a ``Linear`` with bias): the same MACs, ``embed_dim`` more parameters.
+
+Parameters count what ``encode_image`` (``visual.*``) and ``encode_text`` (everything else but
+``logit_scale`` / ``logit_bias``) use. MACs = ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2
+(matmuls and convolutions; element-wise ops are not counted). Latency: median wall time of one
+call, LightCLIP and baseline calls interleaved so that load on the machine hits both alike.
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+__all__ = ["plain_openclip_model", "exported_lightclip_model", "measure", "markdown_table", "run"]
+
+COLUMNS = ["config", "encoder", "input", "params LightCLIP", "params OpenCLIP", "ratio",
+           "MACs LightCLIP", "MACs OpenCLIP", "ratio", "latency LightCLIP (ms)", "latency OpenCLIP (ms)", "ratio"]
+
+
+def plain_openclip_model(model_cfg: dict):
+    """Upstream ``open_clip.model.CLIP`` on the same timm trunk and text tower config."""
+    from open_clip.model import CLIP
+
+    cfg = json.loads(json.dumps(model_cfg))
+    cfg.pop("model_class", None)
+    cfg.pop("init_logit_bias", None)
+    vision = cfg["vision_cfg"]
+    vision["timm_model_pretrained"] = False
+    vision["timm_proj"] = None  # timm's classifier as the projection (upstream's linear proj crashes on MNv3)
+    vision.pop("timm_proj_bias", None)
+    return CLIP(**cfg).eval()
+
+
+def exported_lightclip_model(model_name: str, work_dir: Path, checkpoint: Optional[str] = None):
+    """Build (or load ``checkpoint``), export with :func:`export_model`, reload via ``local-dir:``."""
+    import open_clip
+
+    from ..export import _model_cfg, export_model
+    from ..checkpoint import read_state_dict
+
+    state_dict = read_state_dict(checkpoint) if checkpoint else {}
+    model_cfg = _model_cfg(model_name, {}, state_dict)
+    model = open_clip.create_model(model_name, pretrained=checkpoint).eval()
+    out = work_dir / model_name
+    export_model(model, model_cfg, out)
+    return open_clip.create_model(f"local-dir:{out}").eval(), model_cfg
+
+
+def _split_params(model) -> Dict[str, int]:
+    image = sum(p.numel() for n, p in model.named_parameters() if n.startswith("visual."))
+    text = sum(p.numel() for n, p in model.named_parameters()
+               if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias"))
+    return {"image": image, "text": text}
+
+
+def _macs(fn, x) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(x)
+    return counter.get_total_flops() // 2
+
+
+def _inputs(model_cfg: dict, batch_size: int, device):
+    import torch
+
+    size = model_cfg["vision_cfg"].get("image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    context = model_cfg["text_cfg"].get("context_length", 77)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, h, w, generator=gen).to(device)
+    texts = torch.randint(1, 49000, (batch_size, context), generator=gen)
+    texts[:, 0], texts[:, -1] = 49406, 49407  # SOT ... EOT
+    return {"image": images, "text": texts.to(device)}, {"image": f"{batch_size}x3x{h}x{w}",
+                                                       "text": f"{batch_size}x{context} tokens"}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(light, plain, model_cfg: dict, batch_size: int = 1, repeats: int = 20, warmup: int = 3,
+            device="cpu") -> List[dict]:
+    """Rows (one per encoder) of params / MACs / median latency for both models."""
+    import torch
+
+    inputs, shapes = _inputs(model_cfg, batch_size, device)
+    light_params, plain_params = _split_params(light), _split_params(plain)
+    rows = []
+    for encoder in ("image", "text"):
+        fns = {"light": getattr(light, f"encode_{encoder}"), "plain": getattr(plain, f"encode_{encoder}")}
+        x = inputs[encoder]
+        row = {"encoder": encoder, "input": shapes[encoder],
+               "params": {"light": light_params[encoder], "plain": plain_params[encoder]},
+               "macs": {k: _macs(fn, x) for k, fn in fns.items()}}
+        times = {"light": [], "plain": []}
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                for k in (("light", "plain") if i % 2 == 0 else ("plain", "light")):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    fns[k](x)
+                    _sync(device)
+                    if i >= warmup:
+                        times[k].append(time.perf_counter() - t0)
+        row["latency_ms"] = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        rows.append(row)
+    return rows
+
+
+def _fmt_count(n: float, unit: str) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g} {suffix}{unit}".rstrip()
+    return f"{n:g} {unit}".rstrip()
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}x" if b else "n/a"
+
+
+def markdown_table(results: Dict[str, List[dict]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for name, rows in results.items():
+        for r in rows:
+            p, m, t = r["params"], r["macs"], r["latency_ms"]
+            cells = [name, r["encoder"], r["input"],
+                     _fmt_count(p["light"], ""), _fmt_count(p["plain"], ""), _ratio(p["light"], p["plain"]),
+                     _fmt_count(m["light"], ""), _fmt_count(m["plain"], ""), _ratio(m["light"], m["plain"]),
+                     f"{t['light']:.2f}", f"{t['plain']:.2f}", _ratio(t["light"], t["plain"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import open_clip
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = args.models
+    if not names:
+        names = [n for n in open_clip.list_models() if open_clip.get_model_config(n).get("model_class")]
+    unknown = [n for n in names if open_clip.get_model_config(n) is None]
+    if unknown:
+        print(f"error: unknown model config {unknown[0]!r}; see `open-clip-lightclip list-models`", file=sys.stderr)
+        return 1
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="lightclip-bench-") as tmp:
+        for name in names:
+            torch.manual_seed(0)
+            light, model_cfg = exported_lightclip_model(name, Path(tmp))
+            plain = plain_openclip_model(model_cfg)
+            light, plain = light.to(device), plain.to(device)
+            print(f"[bench inference] {name}: {args.repeats} timed calls per encoder and model", file=sys.stderr,
+                  flush=True)
+            results[name] = measure(light, plain, model_cfg, args.batch_size, args.repeats, args.warmup, device)
+    cpu = platform.processor() or platform.machine()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu}, {torch.get_num_threads()} threads"
+    print(f"Inference cost, exported LightCLIP model vs plain OpenCLIP CLIP on the same towers "
+          f"(batch {args.batch_size}, {where}, torch {torch.__version__}, median of {args.repeats}; "
+          f"ratio = LightCLIP / OpenCLIP)\n")
+    print(markdown_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "inference", help="params, MACs and latency of encode_image / encode_text: exported LightCLIP vs "
+                          "plain OpenCLIP CLIP on the same towers",
+        description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help="model configs (default: every LightCLIP config)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the timed calls (default: 1)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per encoder and model (default: 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: 1, the usual single-core edge-latency setting, and stable "
+                        "on a shared machine; 0 = torch's default)")
+    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
+    p.set_defaults(func=run)
