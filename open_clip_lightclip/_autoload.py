@@ -14,6 +14,7 @@ _HOOKS = {
     "open_clip": "install_open_clip",
     "open_clip_train.params": "install_params",
     "clip_benchmark.metrics.zeroshot_classification": "install_clip_benchmark_zeroshot",
+    "open_clip_train.scheduler": "install_scheduler",
 }
 
 

@@ -157,6 +157,18 @@ def install_params(params: types.ModuleType) -> None:
     _INSTALLED.add("params")
 
 
+# --- open_clip_train.scheduler -------------------------------------------------------------
+def install_scheduler(scheduler: types.ModuleType) -> None:
+    """Record the trainer's step / total steps (training progress for schedules inside objectives)."""
+    if "scheduler" in _INSTALLED:
+        return
+    from .progress import PROGRESS
+
+    for name in ("cosine_lr", "const_lr", "const_lr_cooldown"):
+        setattr(scheduler, name, PROGRESS.wrap_scheduler_factory(getattr(scheduler, name)))
+    _INSTALLED.add("scheduler")
+
+
 # --- clip_benchmark.metrics.zeroshot_classification ------------------------------------------
 def install_clip_benchmark_zeroshot(zeroshot: types.ModuleType) -> None:
     """clip-benchmark 1.6.2's ``accuracy`` does ``float()`` of a 1-element array, which NumPy 2.4

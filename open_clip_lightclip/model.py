@@ -115,20 +115,46 @@ class LightCLIP(nn.Module):
             image_logits += self.logit_bias
         return image_logits, image_logits.T
 
-    # --- training forward ----------------------------------------------------------------
-    def forward_train(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Embeddings plus tokens: ``image_tokens`` (B, H*W, C), ``text_tokens`` (B, L, W),
-        ``text_mask`` (B, L, bool: real words) and the token ids ``text``."""
+    # --- training ------------------------------------------------------------------------
+    def add_train_heads(self, cfg) -> None:
+        """Attach LightCLIP's training-only heads (``lightclip_train``) and emit tokens in training."""
+        from .train_heads import LightCLIPTrainHeads
+
+        self.lightclip_train = LightCLIPTrainHeads(
+            cfg,
+            image_token_dim=self.visual.token_dim,
+            text_width=self.text.width,
+            text_heads=self.text.heads,
+            text_layers=len(self.text.transformer.resblocks),
+            vocab_size=self.text.vocab_size,
+        )
+        self.output_tokens = True
+
+    def forward_train(self, image: torch.Tensor, text: torch.Tensor, mlm_mask=None) -> Dict[str, torch.Tensor]:
+        """Embeddings plus what the training objectives need.
+
+        Without ``lightclip_train``: raw ``image_tokens`` (B, H*W, C), ``text_tokens`` (B, L, W)
+        and ``text_mask`` (B, L, bool: real words). With it: the tokens are projected and
+        L2-normalised, and the MLM pass adds ``mlm_loss_sum`` / ``mlm_count`` (B,).
+        ``mlm_mask`` fixes the masking (see ``train_heads.mask_tokens``), e.g. in tests.
+        """
         image_features, image_tokens = self.visual.forward_tokens(image)
         text_features, text_tokens = self.text(text)
-        return {
+        word_mask = text_word_mask(text, self.text.pad_id)
+        out = {
             "image_features": F.normalize(image_features, dim=-1),
             "text_features": F.normalize(text_features, dim=-1),
-            "image_tokens": image_tokens,
-            "text_tokens": text_tokens,
-            "text_mask": text_word_mask(text, self.text.pad_id),
-            "text": text,
+            "text_mask": word_mask,
         }
+        heads = getattr(self, "lightclip_train", None)
+        if heads is None:
+            out.update(image_tokens=image_tokens, text_tokens=text_tokens)
+            return out
+        if heads.cfg.token:
+            out["image_tokens"], out["text_tokens"] = heads.project_tokens(image_tokens, text_tokens)
+        if heads.cfg.mlm:
+            out.update(heads.mlm(self.text, text, word_mask, image_tokens, mlm_mask))
+        return out
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
         if self.output_dict and self.output_tokens and self.training and image is not None and text is not None:

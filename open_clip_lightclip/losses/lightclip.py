@@ -1,0 +1,270 @@
+"""``--loss lightclip``: LightCLIP's multi-level interaction objective (our reading of arXiv 2312.00674).
+
+Three named terms, each weighted by a flag (weight 0 turns the term off and skips its compute):
+
+* ``instance_loss``: symmetric InfoNCE whose targets are ``1 - e(t)`` on the positive and
+  ``e(t)`` spread over the negatives (uniformly, or in proportion to the model's own detached
+  similarities). ``e(t)`` grows from 0 to ``e_max`` with global training progress ``t``.
+  With ``e = 0`` it is exactly OpenCLIP's ``ClipLoss``.
+* ``token_loss``: symmetric InfoNCE over token-level pair scores from (relaxed) bipartite
+  matching of words to patches (see :mod:`.token_matching`).
+* ``mlm_loss``: cross-entropy of the MLM head on masked word positions of the masked text,
+  fused with the unmasked image (computed inside the model, see ``train_heads``).
+
+Distributed like ``ClipLoss``: features and tokens are gathered (``--gather-with-grad``,
+``--local-loss`` keep their meaning); the MLM term is the global mean over all ranks'
+masked tokens, scaled so DDP's gradient averaging yields its exact gradient.
+"""
+import logging
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .distributed import all_reduce_sum, gather_batch
+from .registry import register_loss
+from .token_matching import MATCHING_MODES, token_scores, trim_words
+
+__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets"]
+
+SCHEDULES = ("linear", "cosine", "constant")
+SPREADS = ("uniform", "similarity")
+
+
+def soft_label_eps(progress: float, eps_max: float, schedule: str = "linear") -> float:
+    """``e(t)`` for training progress ``t`` in [0, 1]."""
+    t = min(max(progress, 0.0), 1.0)
+    if schedule == "linear":
+        return eps_max * t
+    if schedule == "cosine":
+        return eps_max * 0.5 * (1 - math.cos(math.pi * t))
+    if schedule == "constant":
+        return eps_max
+    raise ValueError(f"unknown soft-label schedule {schedule!r}; choose one of {SCHEDULES}")
+
+
+def soft_targets(logits: torch.Tensor, labels: torch.Tensor, eps: float, spread: str = "uniform") -> torch.Tensor:
+    """Rows of ``1 - eps`` at ``labels`` and ``eps`` spread over the other columns."""
+    positive = F.one_hot(labels, logits.shape[1]).bool()
+    if spread == "uniform":
+        weights = (~positive).to(logits.dtype) / max(logits.shape[1] - 1, 1)
+    elif spread == "similarity":
+        weights = logits.detach().masked_fill(positive, -math.inf).softmax(dim=1)
+    else:
+        raise ValueError(f"unknown soft-label spread {spread!r}; choose one of {SPREADS}")
+    return torch.where(positive, 1.0 - eps, eps * weights)
+
+
+def _symmetric_ce(logits_per_image: torch.Tensor, logits_per_text: torch.Tensor, labels: torch.Tensor,
+                  eps: float = 0.0, spread: str = "uniform") -> torch.Tensor:
+    if eps == 0.0:
+        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return (F.cross_entropy(logits_per_image, soft_targets(logits_per_image, labels, eps, spread))
+            + F.cross_entropy(logits_per_text, soft_targets(logits_per_text, labels, eps, spread))) / 2
+
+
+class LightCLIPLoss(nn.Module):
+    """Instance (progressive soft labels) + token (bipartite matching) + MLM terms.
+
+    ``progress`` is any object with a ``fraction`` attribute in [0, 1] (the trainer's
+    :data:`open_clip_lightclip.progress.PROGRESS` by default).
+    """
+
+    def __init__(
+            self,
+            instance_weight: float = 1.0,
+            token_weight: float = 1.0,
+            mlm_weight: float = 0.5,
+            soft_label_max: float = 0.2,
+            soft_label_schedule: str = "linear",
+            soft_label_spread: str = "uniform",
+            matching: str = "sinkhorn",
+            sinkhorn_eps: float = 0.05,
+            sinkhorn_iters: int = 30,
+            chunk_elements: int = 2 ** 24,
+            local_loss: bool = False,
+            gather_with_grad: bool = False,
+            rank: int = 0,
+            world_size: int = 1,
+            progress=None,
+    ):
+        super().__init__()
+        if matching not in MATCHING_MODES:
+            raise ValueError(f"unknown matching mode {matching!r}; choose one of {MATCHING_MODES}")
+        self.instance_weight, self.token_weight, self.mlm_weight = instance_weight, token_weight, mlm_weight
+        self.soft_label_max, self.soft_label_schedule = soft_label_max, soft_label_schedule
+        self.soft_label_spread = soft_label_spread
+        self.matching, self.sinkhorn_eps, self.sinkhorn_iters = matching, sinkhorn_eps, sinkhorn_iters
+        self.chunk_elements = chunk_elements
+        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
+        self.rank, self.world_size = rank, world_size
+        if progress is None:
+            from ..progress import PROGRESS as progress
+        self.progress = progress
+        self._logged_schedule = False
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        return gather_batch(x, self.rank, self.world_size, self.gather_with_grad)
+
+    def _labels(self, num_rows: int, device) -> torch.Tensor:
+        offset = num_rows * self.rank if (self.local_loss and self.world_size > 1) else 0
+        return torch.arange(num_rows, device=device) + offset
+
+    @property
+    def soft_label_eps(self) -> float:
+        return soft_label_eps(self.progress.fraction, self.soft_label_max, self.soft_label_schedule)
+
+    def instance_loss(self, image_features, text_features, logit_scale) -> torch.Tensor:
+        all_image, all_text = self._gather(image_features), self._gather(text_features)
+        if self.local_loss:
+            logits_per_image = logit_scale * image_features @ all_text.T
+            logits_per_text = logit_scale * text_features @ all_image.T
+        else:
+            logits_per_image = logit_scale * all_image @ all_text.T
+            logits_per_text = logits_per_image.T
+        labels = self._labels(logits_per_image.shape[0], logits_per_image.device)
+        return _symmetric_ce(logits_per_image, logits_per_text, labels, self.soft_label_eps, self.soft_label_spread)
+
+    def token_loss(self, image_tokens, text_tokens, text_mask, logit_scale) -> torch.Tensor:
+        all_image, all_text = self._gather(image_tokens), self._gather(text_tokens)
+        all_mask = gather_batch(text_mask, self.rank, self.world_size)
+        all_text, all_mask = trim_words(all_text, all_mask)  # same length on every rank
+        text_tokens, text_mask = text_tokens[:, :all_mask.shape[1]], text_mask[:, :all_mask.shape[1]]
+        kw = dict(mode=self.matching, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
+                  chunk_elements=self.chunk_elements)
+        if self.local_loss:
+            scores_i2t = token_scores(image_tokens, all_text, all_mask, **kw)
+            scores_t2i = token_scores(all_image, text_tokens, text_mask, **kw).T
+        else:
+            scores_i2t = token_scores(all_image, all_text, all_mask, **kw)
+            scores_t2i = scores_i2t.T
+        labels = self._labels(scores_i2t.shape[0], scores_i2t.device)
+        return _symmetric_ce(logit_scale * scores_i2t, logit_scale * scores_t2i, labels)
+
+    def mlm_loss(self, mlm_loss_sum: torch.Tensor, mlm_count: torch.Tensor) -> torch.Tensor:
+        """Mean CE over all masked tokens of all ranks; times world size so DDP's mean is exact."""
+        total = all_reduce_sum(mlm_count.sum(), self.world_size).clamp(min=1)
+        return mlm_loss_sum.sum() * self.world_size / total
+
+    def forward(self, image_features, text_features, logit_scale, image_tokens: Optional[torch.Tensor] = None,
+                text_tokens: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None,
+                mlm_loss_sum: Optional[torch.Tensor] = None, mlm_count: Optional[torch.Tensor] = None,
+                output_dict: bool = False, **unused):
+        losses = {}
+        if not self._logged_schedule:
+            self._logged_schedule = True
+            logging.info(f"lightclip soft labels: step {getattr(self.progress, 'step', '?')}/"
+                         f"{getattr(self.progress, 'total_steps', '?')} (t={self.progress.fraction:.3f}), "
+                         f"e(t)={self.soft_label_eps:.4f}")
+        if self.instance_weight > 0:
+            losses["instance_loss"] = self.instance_weight * self.instance_loss(
+                image_features, text_features, logit_scale)
+        if self.token_weight > 0:
+            if image_tokens is None or text_mask is None:
+                raise ValueError("token_loss needs image_tokens / text_tokens / text_mask from a LightCLIP model "
+                                 "with lightclip_train heads (model.add_train_heads)")
+            losses["token_loss"] = self.token_weight * self.token_loss(
+                image_tokens, text_tokens, text_mask, logit_scale)
+        if self.mlm_weight > 0:
+            if mlm_loss_sum is None:
+                raise ValueError("mlm_loss needs mlm_loss_sum / mlm_count from a LightCLIP model with an MLM head")
+            losses["mlm_loss"] = self.mlm_weight * self.mlm_loss(mlm_loss_sum, mlm_count)
+        return losses if output_dict else sum(losses.values())
+
+
+# --- trainer integration: flags, checks, model heads, factory --------------------------------
+def _add_args(group) -> None:
+    a = group.add_argument
+    a("--lightclip-instance-weight", type=float, default=1.0, help="weight of the instance-level term (0: off)")
+    a("--lightclip-token-weight", type=float, default=1.0, help="weight of the token-level term (0: off)")
+    a("--lightclip-mlm-weight", type=float, default=0.5, help="weight of the MLM-with-fusion term (0: off)")
+    a("--lightclip-soft-label-max", type=float, default=0.2,
+      help="e_max: label mass moved from the positive to the negatives at the end of training")
+    a("--lightclip-soft-label-schedule", choices=SCHEDULES, default="linear",
+      help="how e(t) grows from 0 to e_max over global training progress t")
+    a("--lightclip-soft-label-spread", choices=SPREADS, default="uniform",
+      help="spread e(t) uniformly over the negatives, or by the model's own detached similarities")
+    a("--lightclip-matching", choices=MATCHING_MODES, default="sinkhorn",
+      help="word-patch matching of the token term: entropic relaxation (batched), exact Hungarian (CPU), "
+           "or FILIP token-wise max")
+    a("--lightclip-sinkhorn-eps", type=float, default=0.05, help="entropic regularisation of --lightclip-matching sinkhorn")
+    a("--lightclip-sinkhorn-iters", type=int, default=30, help="Sinkhorn iterations")
+    a("--lightclip-token-dim", type=int, default=256, help="dimension of the projected image / word tokens")
+    a("--lightclip-token-chunk", type=int, default=2 ** 24,
+      help="token term block size in similarity elements (pairs x words x patches); bounds its memory")
+    a("--lightclip-fusion-layers", type=int, nargs="+", default=[2, 4, 6],
+      help="text layers (1-based) after which the masked text cross-attends to the image tokens")
+    a("--lightclip-mask-prob", type=float, default=0.15, help="fraction of word tokens masked for MLM")
+    a("--lightclip-mask-rule", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("MASK", "RANDOM", "KEEP"),
+      help="BERT rule for masked positions: mask embedding / random token / unchanged")
+    a("--lightclip-mlm-attention", choices=("bidirectional", "causal"), default="bidirectional",
+      help="attention of the MLM pass through the (shared) text tower")
+
+
+def _check_args(args) -> None:
+    import open_clip
+
+    cfg = open_clip.get_model_config(args.model) or {}
+    if cfg.get("model_class") != "LightCLIP":
+        raise ValueError(f"--loss lightclip needs a LightCLIP model (e.g. LightCLIP-MNv3), not {args.model!r}; "
+                         "use --loss clip or --loss cliplite for other models")
+    for flag in ("instance", "token", "mlm"):
+        if getattr(args, f"lightclip_{flag}_weight") < 0:
+            raise ValueError(f"--lightclip-{flag}-weight must be >= 0 (0 turns the term off)")
+    if not any(getattr(args, f"lightclip_{f}_weight") for f in ("instance", "token", "mlm")):
+        raise ValueError("all --lightclip-*-weight are 0: nothing to train; set at least one > 0")
+    if not 0.0 < args.lightclip_mask_prob < 1.0:
+        raise ValueError(f"--lightclip-mask-prob must be in (0, 1), got {args.lightclip_mask_prob}")
+    if abs(sum(args.lightclip_mask_rule) - 1.0) > 1e-6 or min(args.lightclip_mask_rule) < 0:
+        raise ValueError(f"--lightclip-mask-rule must be 3 non-negative numbers summing to 1, "
+                         f"got {args.lightclip_mask_rule}")
+    if not 0.0 <= args.lightclip_soft_label_max < 1.0:
+        raise ValueError(f"--lightclip-soft-label-max must be in [0, 1), got {args.lightclip_soft_label_max}")
+    layers = cfg["text_cfg"].get("layers", 12)
+    bad = [x for x in args.lightclip_fusion_layers if not 1 <= x <= layers]
+    if args.lightclip_mlm_weight > 0 and bad:
+        raise ValueError(f"--lightclip-fusion-layers {bad} don't exist: {args.model}'s text tower has layers 1..{layers}")
+    if getattr(args, "horovod", False):
+        raise ValueError("--loss lightclip does not support --horovod; use torchrun / srun (DDP)")
+    if getattr(args, "skip_scheduler", False) and args.lightclip_soft_label_max > 0:
+        raise ValueError("--skip-scheduler stops the step count the soft-label schedule follows; "
+                         "drop it or set --lightclip-soft-label-max 0")
+
+
+def _configure_model(model, args) -> None:
+    from ..train_heads import LightCLIPTrainCfg
+
+    token, mlm = args.lightclip_token_weight > 0, args.lightclip_mlm_weight > 0
+    if not (token or mlm):
+        return  # instance term only: a plain CLIP forward
+    model.add_train_heads(LightCLIPTrainCfg(
+        token=token,
+        token_dim=args.lightclip_token_dim,
+        mlm=mlm,
+        fusion_layers=tuple(args.lightclip_fusion_layers),
+        mask_prob=args.lightclip_mask_prob,
+        mask_rule=tuple(args.lightclip_mask_rule),
+        mlm_attention=args.lightclip_mlm_attention,
+    ))
+
+
+@register_loss("lightclip", add_args=_add_args, check_args=_check_args, configure_model=_configure_model)
+def create_lightclip_loss(args) -> LightCLIPLoss:
+    return LightCLIPLoss(
+        instance_weight=args.lightclip_instance_weight,
+        token_weight=args.lightclip_token_weight,
+        mlm_weight=args.lightclip_mlm_weight,
+        soft_label_max=args.lightclip_soft_label_max,
+        soft_label_schedule=args.lightclip_soft_label_schedule,
+        soft_label_spread=args.lightclip_soft_label_spread,
+        matching=args.lightclip_matching,
+        sinkhorn_eps=args.lightclip_sinkhorn_eps,
+        sinkhorn_iters=args.lightclip_sinkhorn_iters,
+        chunk_elements=args.lightclip_token_chunk,
+        local_loss=args.local_loss,
+        gather_with_grad=args.gather_with_grad,
+        rank=args.rank,
+        world_size=args.world_size,
+    )

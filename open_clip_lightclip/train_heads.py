@@ -1,0 +1,134 @@
+"""LightCLIP's training-only heads: token projections, and the masked-text pass with fusion + MLM head.
+
+They sit on the model as ``model.lightclip_train`` (see ``TRAINING_ONLY_MODULES``), run
+only inside ``LightCLIP.forward`` in training mode, and are dropped by export.
+
+Every tensor the loss needs is returned per sample, so the trainer's ``--accum-freq``
+(which concatenates cached model outputs along the batch) and DDP both work:
+
+* ``image_tokens`` (B, N, T), ``text_tokens`` (B, L, T): projected, L2-normalised tokens;
+  ``text_mask`` (B, L): real word positions (no SOT / EOT / padding).
+* ``mlm_loss_sum`` (B,), ``mlm_count`` (B,): summed cross-entropy over each sample's
+  masked positions, and how many there are.
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .fusion import FusionBlock
+
+__all__ = ["LightCLIPTrainCfg", "LightCLIPTrainHeads", "mask_tokens"]
+
+
+@dataclass
+class LightCLIPTrainCfg:
+    token: bool = True  # token-level alignment (token projections)
+    token_dim: int = 256
+    mlm: bool = True  # MLM with fusion
+    fusion_layers: Sequence[int] = (2, 4, 6)  # fuse after these text layers (1-based)
+    mask_prob: float = 0.15
+    mask_rule: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # [MASK] / random token / unchanged
+    mlm_attention: str = "bidirectional"  # or "causal" (CLIP's own mask)
+    fusion_mlp_ratio: float = 2.0
+
+
+def mask_tokens(
+        text: torch.Tensor,
+        word_mask: torch.Tensor,
+        mask_prob: float,
+        mask_rule: Tuple[float, float, float] = (0.8, 0.1, 0.1),
+        vocab_size: int = 49408,
+        generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BERT-style masking of real word positions only.
+
+    Returns ``(selected, use_mask_embedding, input_ids)``: positions to predict (B, L bool),
+    the subset that gets the learned mask embedding, and the ids fed to the token embedding
+    (random tokens replace ``mask_rule[1]`` of the selected ones; the rest stay unchanged).
+    Every text with at least one word gets at least one selected position.
+    """
+    p_mask, p_random, p_keep = mask_rule
+    if abs(p_mask + p_random + p_keep - 1) > 1e-6:
+        raise ValueError(f"mask_rule {mask_rule} must sum to 1")
+    device = text.device
+    u = torch.rand(text.shape, generator=generator, device=device)
+    selected = (u < mask_prob) & word_mask
+    # guarantee one prediction per text that has words: its lowest-u word
+    has_words = word_mask.any(dim=1)
+    forced = torch.where(word_mask, u, torch.full_like(u, 2.0)).argmin(dim=1)
+    selected[has_words, forced[has_words]] = True
+    v = torch.rand(text.shape, generator=generator, device=device)
+    use_mask = selected & (v < p_mask)
+    use_random = selected & (v >= p_mask) & (v < p_mask + p_random)
+    random_ids = torch.randint(1, vocab_size - 2, text.shape, generator=generator, device=device)
+    input_ids = torch.where(use_random, random_ids, text)
+    return selected, use_mask, input_ids
+
+
+class LightCLIPTrainHeads(nn.Module):
+    """Token projections and the MLM-with-fusion pass over a LightCLIP model's towers."""
+
+    def __init__(self, cfg: LightCLIPTrainCfg, image_token_dim: int, text_width: int, text_heads: int,
+                 text_layers: int, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.token:
+            self.image_token_proj = nn.Linear(image_token_dim, cfg.token_dim)
+            self.text_token_proj = nn.Linear(text_width, cfg.token_dim)
+        if cfg.mlm:
+            bad = [layer for layer in cfg.fusion_layers if not 1 <= layer <= text_layers]
+            if bad:
+                raise ValueError(f"fusion layer(s) {bad} don't exist: the text tower has layers 1..{text_layers}")
+            if cfg.mlm_attention not in ("bidirectional", "causal"):
+                raise ValueError(f"mlm_attention must be 'bidirectional' or 'causal', got {cfg.mlm_attention!r}")
+            self.mask_embedding = nn.Parameter(torch.randn(text_width) * 0.02)
+            self.image_kv_proj = nn.Linear(image_token_dim, text_width)
+            self.fusion = nn.ModuleDict({
+                str(layer): FusionBlock(text_width, text_heads, cfg.fusion_mlp_ratio)
+                for layer in sorted(set(cfg.fusion_layers))})
+            self.mlm_transform = nn.Sequential(nn.Linear(text_width, text_width), nn.GELU(), nn.LayerNorm(text_width))
+            self.mlm_bias = nn.Parameter(torch.zeros(vocab_size))  # decoder weight tied to the token embedding
+
+    def project_tokens(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor):
+        return (F.normalize(self.image_token_proj(image_tokens), dim=-1),
+                F.normalize(self.text_token_proj(text_tokens), dim=-1))
+
+    def _attn_mask(self, text_tower, text: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """Causal: CLIP's own mask. Bidirectional: every position sees every non-padding position."""
+        if self.cfg.mlm_attention == "causal":
+            return text_tower.attn_mask
+        positions = torch.arange(text.shape[1], device=text.device)
+        key_valid = positions[None, :] <= text.argmax(dim=-1, keepdim=True)  # up to and incl. EOT
+        additive = torch.zeros(key_valid.shape, dtype=dtype, device=text.device)
+        additive.masked_fill_(~key_valid, float("-inf"))
+        heads = text_tower.transformer.resblocks[0].attn.num_heads
+        return additive[:, None, :].expand(-1, text.shape[1], -1).repeat_interleave(heads, 0)
+
+    def mlm(self, text_tower, text: torch.Tensor, word_mask: torch.Tensor, image_tokens: torch.Tensor,
+            mlm_mask: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """Masked text -> text layers, with fusion after ``fusion_layers`` -> MLM head -> per-sample CE sums."""
+        cfg = self.cfg
+        if mlm_mask is None:
+            mlm_mask = mask_tokens(text, word_mask, cfg.mask_prob, cfg.mask_rule, text_tower.vocab_size)
+        selected, use_mask, input_ids = mlm_mask
+        cast_dtype = text_tower.transformer.get_cast_dtype()
+        x = text_tower.token_embedding(input_ids).to(cast_dtype)
+        x = torch.where(use_mask[..., None], self.mask_embedding.to(cast_dtype), x)
+        x = x + text_tower.positional_embedding.to(cast_dtype)
+        attn_mask = self._attn_mask(text_tower, text, x.dtype)
+        image_kv = self.image_kv_proj(image_tokens)
+        for index, block in enumerate(text_tower.transformer.resblocks, start=1):
+            x = block(x, attn_mask=attn_mask)
+            fusion = self.fusion[str(index)] if str(index) in self.fusion else None
+            if fusion is not None:
+                x = fusion(x, image_kv)
+        x = text_tower.ln_final(x)
+        hidden = self.mlm_transform(x[selected])  # (M, W): masked positions only
+        logits = F.linear(hidden, text_tower.token_embedding.weight, self.mlm_bias)
+        ce = F.cross_entropy(logits.float(), text[selected], reduction="none")
+        rows = selected.nonzero()[:, 0]
+        loss_sum = torch.zeros(text.shape[0], dtype=ce.dtype, device=text.device).index_add(0, rows, ce)
+        return {"mlm_loss_sum": loss_sum, "mlm_count": selected.sum(dim=1).to(ce.dtype)}
