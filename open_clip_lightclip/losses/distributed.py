@@ -1,6 +1,7 @@
 """Gathering across ranks with OpenCLIP's ``ClipLoss`` semantics, for any tensor."""
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (all_gather with gradient)
 
 __all__ = ["gather_batch", "all_reduce_sum"]
 
