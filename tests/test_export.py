@@ -1,0 +1,257 @@
+"""Trainer checkpoints downstream: ``pretrained=`` loading, ``export`` (hub layout, ONNX), one-line errors."""
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+import torch.nn as nn
+
+from open_clip_lightclip.checkpoint import CheckpointError, read_state_dict
+from open_clip_lightclip.cli import main as cli_main
+from open_clip_lightclip.export import CONFIG_NAME, IMAGE_ONNX, TEXT_ONNX, WEIGHTS_NAME, export_checkpoint
+from open_clip_lightclip.losses import list_losses
+from open_clip_lightclip.model import TRAINING_ONLY_MODULES
+
+RUNNER = Path(__file__).with_name("train_and_embed.py")
+MODEL = "LightCLIP-Tiny"
+TINY_UPSTREAM = {  # an upstream open_clip.CLIP (no model_class), small enough for a unit test
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _training_only_keys(keys):
+    return [k for k in keys if k.removeprefix("module.").split(".")[0] in TRAINING_ONLY_MODULES]
+
+
+def _fake_trainer_checkpoint(path, model_name=MODEL, ddp=True, training_only=True, seed=0, **model_kwargs):
+    """What open_clip_train saves: {'epoch', 'name', 'state_dict' (module.-prefixed under DDP), 'optimizer'}."""
+    torch.manual_seed(seed)
+    model = open_clip.create_model(model_name, **model_kwargs)
+    if training_only:
+        for i, name in enumerate(TRAINING_ONLY_MODULES):
+            setattr(model, name, nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)))
+    prefix = "module." if ddp else ""
+    sd = {prefix + k: v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 1, "name": "run", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}, path)
+    for name in TRAINING_ONLY_MODULES:
+        if hasattr(model, name):
+            delattr(model, name)
+    return model.eval()
+
+
+def _embed(model, context_length, image_size=96):
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, image_size, image_size, generator=gen)
+    texts = open_clip.get_tokenizer(MODEL)(["a red circle on a white background", "a blue cross"])[:, :context_length]
+    with torch.no_grad():
+        return model.encode_image(images), model.encode_text(texts)
+
+
+def _assert_same(a, b, atol=1e-6):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=atol)
+
+
+@pytest.fixture
+def tiny_upstream_config(tmp_path):
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "TinyUpstream-Test.json").write_text(json.dumps(TINY_UPSTREAM))
+    open_clip.add_model_config(cfg_dir)
+    return "TinyUpstream-Test"
+
+
+# --- pretrained= -----------------------------------------------------------------------------
+@pytest.mark.parametrize("ddp", [True, False])
+def test_pretrained_loads_trainer_checkpoint_with_training_only_modules(tmp_path, ddp):
+    ckpt = tmp_path / "epoch_1.pt"
+    source = _fake_trainer_checkpoint(ckpt, ddp=ddp)
+    assert _training_only_keys(torch.load(ckpt, weights_only=True)["state_dict"])
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=str(ckpt))
+    assert not any(hasattr(model, n) for n in TRAINING_ONLY_MODULES)
+    _assert_same(_embed(model.eval(), 32), _embed(source, 32))
+    model2, preprocess2 = open_clip.create_model_from_pretrained(MODEL, pretrained=str(ckpt))
+    _assert_same(_embed(model2.eval(), 32), _embed(source, 32))
+
+
+def test_model_with_training_only_modules_loads_checkpoint_without_them(tmp_path):
+    ckpt = tmp_path / "epoch_1.pt"
+    source = _fake_trainer_checkpoint(ckpt, training_only=False)
+    model = open_clip.create_model(MODEL)
+    model.lightclip_train = nn.Linear(4, 4)
+    open_clip.load_checkpoint(model, str(ckpt))  # strict, yet training-only keys may be missing
+    _assert_same(_embed(model.eval(), 32), _embed(source, 32))
+
+
+def test_upstream_model_checkpoint_with_training_only_module_loads(tmp_path, tiny_upstream_config):
+    ckpt = tmp_path / "epoch_1.pt"
+    source = _fake_trainer_checkpoint(ckpt, tiny_upstream_config)
+    model = open_clip.create_model(tiny_upstream_config, pretrained=str(ckpt)).eval()
+    assert type(model).__name__ == "CLIP"
+    _assert_same(_embed(model, 16, 32), _embed(source, 16, 32))
+
+
+def test_siglip_checkpoint_with_logit_bias_loads_and_exports(tmp_path):
+    ckpt = tmp_path / "epoch_1.pt"
+    _fake_trainer_checkpoint(ckpt, init_logit_bias=-10.0)
+    model = open_clip.create_model(MODEL, pretrained=str(ckpt))
+    assert model.logit_bias is not None and float(model.logit_bias) == -10.0
+    export_checkpoint(ckpt, tmp_path / "out", model_name=MODEL, log=lambda s: None)
+    reloaded = open_clip.create_model(f"local-dir:{tmp_path / 'out'}")
+    assert float(reloaded.logit_bias) == -10.0
+
+
+def test_strictness_kept_for_other_keys(tmp_path):
+    ckpt = tmp_path / "epoch_1.pt"
+    _fake_trainer_checkpoint(ckpt)
+    sd = torch.load(ckpt, weights_only=True)
+    sd["state_dict"]["module.visual.extra_head.weight"] = torch.zeros(2)
+    torch.save(sd, ckpt)
+    with pytest.raises(CheckpointError, match=r"epoch_1\.pt: not a checkpoint of this architecture.*extra_head"):
+        open_clip.create_model(MODEL, pretrained=str(ckpt))
+
+
+# --- export ----------------------------------------------------------------------------------
+def test_export_writes_hub_layout_without_training_only_keys(tmp_path, capsys):
+    ckpt = tmp_path / "epoch_1.pt"
+    source = _fake_trainer_checkpoint(ckpt)
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(ckpt), str(out), "--model", MODEL]) == 0
+    printed = capsys.readouterr().out
+    assert "parameters before:" in printed and "parameters after:" in printed
+    before = int(printed.split("parameters before: ")[1].split()[0].replace(",", ""))
+    after = int(printed.split("parameters after:")[1].split()[0].replace(",", ""))
+    assert before - after == 2 * (4 * 8 + 8 + 8 + 8)  # the two dummy training-only modules
+    assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    config = json.loads((out / CONFIG_NAME).read_text())
+    assert config["model_cfg"]["model_class"] == "LightCLIP" and set(config["preprocess_cfg"]) >= {"mean", "std"}
+    exported = read_state_dict(out / WEIGHTS_NAME)
+    assert not _training_only_keys(exported)
+    assert set(exported) == set(source.state_dict())
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    _assert_same(_embed(model.eval(), 32), _embed(source, 32))
+    assert open_clip.get_tokenizer(f"local-dir:{out}").context_length == 32
+    assert after == sum(p.numel() for p in model.parameters())
+
+
+def test_export_refuses_non_empty_out_dir_without_force(tmp_path, capsys):
+    ckpt = tmp_path / "epoch_1.pt"
+    _fake_trainer_checkpoint(ckpt, training_only=False)
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert cli_main(["export", str(ckpt), str(out), "--model", MODEL]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(out) in err and "--force" in err
+    assert not (out / WEIGHTS_NAME).exists()
+    assert cli_main(["export", str(ckpt), str(out), "--model", MODEL, "--force"]) == 0
+    assert (out / WEIGHTS_NAME).is_file() and (out / "keep.txt").read_text() == "mine"
+
+
+def _one_line_error(capsys, argv):
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_corrupt_or_mismatched_inputs_give_one_line_errors(tmp_path, capsys, tiny_upstream_config):
+    good = tmp_path / "epoch_1.pt"
+    _fake_trainer_checkpoint(good, training_only=False)
+    out = str(tmp_path / "out")
+
+    err = _one_line_error(capsys, ["export", str(tmp_path / "missing.pt"), out, "--model", MODEL])
+    assert "missing.pt: no such file" in err
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    err = _one_line_error(capsys, ["export", str(truncated), out, "--model", MODEL])
+    assert "truncated.pt: cannot read it as a checkpoint (truncated or corrupt file?)" in err
+
+    truncated_st = tmp_path / "truncated.safetensors"
+    truncated_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    err = _one_line_error(capsys, ["export", str(truncated_st), out, "--model", MODEL])
+    assert "truncated.safetensors: cannot read it" in err
+
+    other = tmp_path / "other_arch.pt"
+    _fake_trainer_checkpoint(other, tiny_upstream_config)
+    err = _one_line_error(capsys, ["export", str(other), out, "--model", MODEL])
+    assert "other_arch.pt: not a checkpoint of this architecture" in err and "missing" in err
+
+    err = _one_line_error(capsys, ["export", str(good), out, "--model", "LightCLIP-MNv3-S"])
+    assert "epoch_1.pt: not a checkpoint of this architecture" in err and "shape mismatches" in err
+
+    not_ckpt = tmp_path / "notes.pt"
+    torch.save({"hello": "world"}, not_ckpt)
+    err = _one_line_error(capsys, ["export", str(not_ckpt), out, "--model", MODEL])
+    assert "notes.pt: not a model checkpoint" in err
+
+    err = _one_line_error(capsys, ["export", str(good), out])  # no params.txt next to it
+    assert "epoch_1.pt" in err and "--model" in err
+
+    # the same one-line errors through the Python API (what clip_benchmark and apps call)
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: cannot read it") as info:
+        open_clip.create_model_and_transforms(MODEL, pretrained=str(truncated))
+    assert "\n" not in str(info.value)
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
+    pytest.importorskip("onnx", reason="onnx not installed (pip install 'open-clip-lightclip[onnx]')")
+    ckpt = tmp_path / "epoch_1.pt"
+    _fake_trainer_checkpoint(ckpt)
+    out = tmp_path / "exported"
+    report = export_checkpoint(ckpt, out, model_name=MODEL, onnx=True, log=lambda s: None)
+    assert set(report.onnx_max_abs_diff) == {IMAGE_ONNX, TEXT_ONNX}
+    model = open_clip.create_model(f"local-dir:{out}").eval()
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randn(5, 3, 96, 96, generator=gen)  # batch size other than the traced one
+    texts = open_clip.get_tokenizer(f"local-dir:{out}")(
+        ["a red circle", "a blue square on a beige background", "x", "a green cross on a white background", ""])
+    with torch.no_grad():
+        expected = {IMAGE_ONNX: model.encode_image(images).numpy(), TEXT_ONNX: model.encode_text(texts).numpy()}
+    for name, x in ((IMAGE_ONNX, images), (TEXT_ONNX, texts)):
+        session = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert got.shape == expected[name].shape
+        assert abs(got - expected[name]).max() < 1e-4, name
+
+
+# --- a real trainer run ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_trainer_checkpoint_loads_exports_and_reloads_with_training_embeddings(train, tmp_path, capsys):
+    loss = "lightclip" if "lightclip" in list_losses() else "clip"
+    embed_out = tmp_path / "embeddings.pt"
+    _, ckpt_dir = train(model=MODEL, loss=loss, extra=["--force-image-size", "64"], runner=RUNNER,
+                        env={"EMBED_OUT": str(embed_out)})
+    checkpoint = ckpt_dir / "epoch_1.pt"
+    if loss == "clip":  # no objective attaches training-only modules yet: add one as a trainer would
+        ckpt = torch.load(checkpoint, weights_only=True)
+        prefix = "module." if next(iter(ckpt["state_dict"])).startswith("module.") else ""
+        ckpt["state_dict"].update({f"{prefix}lightclip_train.weight": torch.ones(8, 4),
+                                   f"{prefix}lightclip_train.bias": torch.ones(8)})
+        torch.save(ckpt, checkpoint)
+    trained_keys = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert _training_only_keys(trained_keys), f"--loss {loss} left no training-only module in the checkpoint"
+    expected = torch.load(embed_out, weights_only=True)
+
+    def check(model):
+        model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model.encode_image(expected["images"]), expected["image"], rtol=0, atol=1e-6)
+            torch.testing.assert_close(model.encode_text(expected["texts"]), expected["text"], rtol=0, atol=1e-6)
+
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=str(checkpoint),
+                                                                 force_image_size=64)
+    check(model)
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(checkpoint), str(out)]) == 0  # model and image size from params.txt
+    printed = capsys.readouterr().out
+    assert f"model: {MODEL}" in printed and "parameters before:" in printed and "parameters after:" in printed
+    assert not _training_only_keys(read_state_dict(out / WEIGHTS_NAME))
+    reloaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    assert preprocess.transforms[0].size == 64  # --force-image-size 64 of the run
+    check(reloaded)
