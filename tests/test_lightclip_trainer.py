@@ -1,0 +1,59 @@
+"""`--loss lightclip` through the real trainer: flags, checks, accum-freq, resume with the schedule."""
+import re
+
+import pytest
+import torch
+from open_clip_train.params import parse_args
+
+BASE = ["--train-data", "x.tar", "--device", "cpu", "--loss", "lightclip"]
+
+
+def _error(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        parse_args([*BASE, *argv])
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "RN50"], "--loss lightclip needs a LightCLIP model (e.g. LightCLIP-MNv3), not 'RN50'"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-token-weight", "-1"], "--lightclip-token-weight must be >= 0"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-mask-prob", "1.5"], "--lightclip-mask-prob must be in (0, 1), got 1.5"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-mask-prob", "0"], "--lightclip-mask-prob must be in (0, 1), got 0.0"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-fusion-layers", "2", "7"],
+     "--lightclip-fusion-layers [7] don't exist: LightCLIP-Tiny's text tower has layers 1..6"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0",
+      "--lightclip-mlm-weight", "0"], "all --lightclip-*-weight are 0"),
+    (["--model", "LightCLIP-Tiny", "--skip-scheduler"], "--skip-scheduler stops the step count"),
+])
+def test_bad_combinations_stop_before_training(capsys, argv, message):
+    assert message in _error(capsys, *argv)
+
+
+def test_defaults_parse():
+    args = parse_args([*BASE, "--model", "LightCLIP-MNv3"])
+    assert args.lightclip_matching == "sinkhorn" and args.lightclip_fusion_layers == [2, 4, 6]
+    assert (args.lightclip_instance_weight, args.lightclip_token_weight, args.lightclip_mlm_weight) == (1.0, 1.0, 0.5)
+
+
+def _schedule_lines(log):
+    return re.findall(r"lightclip soft labels: step (\d+)/(\d+)", log)
+
+
+@pytest.mark.slow
+def test_train_with_accum_freq_then_resume_where_it_stopped(train):
+    extra = ["--force-image-size", "64", "--accum-freq", "2", "--lightclip-soft-label-max", "0.3"]
+    _, ckpt_dir = train(loss="lightclip", extra=extra, epochs=1, name="first")
+    log = (ckpt_dir.parent / "out.log").read_text()
+    for term in ("Instance_loss", "Token_loss", "Mlm_loss"):
+        assert term in log
+    assert _schedule_lines(log) == [("0", "2")]  # 32 samples / (8 x accum 2) = 2 optimizer steps
+    sd = torch.load(ckpt_dir / "epoch_1.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert any(k.startswith("lightclip_train.fusion.") for k in sd)
+
+    _, ckpt_dir2 = train(loss="lightclip", extra=[*extra, "--resume", str(ckpt_dir / "epoch_1.pt")],
+                         epochs=2, name="resumed")
+    log2 = (ckpt_dir2.parent / "out.log").read_text()
+    assert "=> resuming checkpoint" in log2
+    assert _schedule_lines(log2) == [("2", "4")]  # picks up at step 2 of 4, t = 0.5
+    assert (ckpt_dir2 / "epoch_2.pt").is_file()
