@@ -39,11 +39,16 @@ def write_shards(
         out_dir,
         prefix: str = "train",
         samples_per_shard: int = 1000,
+        image_format: str = "png",
 ) -> List[Path]:
     """Write samples to ``out_dir/{prefix}-NNNNN.tar`` and record their sizes in ``sizes.json``.
 
+    A sample is ``(key, image, caption)`` or ``(key, image, caption, meta)``; a ``meta`` dict
+    is stored as ``<key>.json`` (the trainer ignores it). ``image_format`` is ``png`` or ``jpg``.
     Refuses to overwrite existing shards of the same prefix.
     """
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be png or jpg, not {image_format!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = sorted(out_dir.glob(f"{prefix}-*.tar"))
@@ -53,7 +58,7 @@ def write_shards(
     sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
     paths: List[Path] = []
     tar, count, mtime = None, 0, time.time()
-    for key, image, caption in samples:
+    for key, image, caption, *rest in samples:
         if tar is None or count == samples_per_shard:
             if tar is not None:
                 tar.close()
@@ -61,9 +66,12 @@ def write_shards(
             paths.append(out_dir / f"{prefix}-{len(paths):05d}.tar")
             tar, count = tarfile.open(paths[-1], "w"), 0
         buf = io.BytesIO()
-        image.convert("RGB").save(buf, format="PNG")
-        _add_bytes(tar, f"{key}.png", buf.getvalue(), mtime)
+        image.convert("RGB").save(buf, format="PNG" if image_format == "png" else "JPEG",
+                                  **({} if image_format == "png" else {"quality": 95}))
+        _add_bytes(tar, f"{key}.{image_format}", buf.getvalue(), mtime)
         _add_bytes(tar, f"{key}.txt", caption.encode("utf-8"), mtime)
+        if rest and rest[0] is not None:
+            _add_bytes(tar, f"{key}.json", json.dumps(rest[0]).encode("utf-8"), mtime)
         count += 1
     if tar is not None:
         tar.close()
