@@ -258,6 +258,38 @@ def _loss_and_grads(loss, img, txt, scale, steps=2):
     return out
 
 
+class _TwoTower(torch.nn.Module):
+    """A stand-in CLIP with the prior discriminator attached as the trainer's hook does."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.visual, self.text = torch.nn.Linear(dim, dim), torch.nn.Linear(dim, dim)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(2.0))
+        self.cliplite_prior = build_prior(dim, "both")
+
+    def forward(self, x, y):
+        return {"image_features": F.normalize(self.visual(x), dim=-1),
+                "text_features": F.normalize(self.text(y), dim=-1), "logit_scale": self.logit_scale.exp()}
+
+
+def _ddp_prior_step(rank, world_size, img, txt):
+    """Under DDP the discriminator runs in the loss, outside the model's forward: its grads still sync."""
+    torch.manual_seed(0)
+    model = _TwoTower(img.shape[1]).double()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    loss = ClipLiteLoss(prior=model.cliplite_prior, prior_weight=0.1, gather_with_grad=True, rank=rank,
+                        world_size=world_size)
+    n = img.shape[0] // world_size
+    torch.manual_seed(rank)  # prior samples differ per rank, as in the trainer
+    grads = []
+    for _ in range(2):
+        ddp.zero_grad()
+        sum(loss(**ddp(img[rank * n:(rank + 1) * n], txt[rank * n:(rank + 1) * n]), output_dict=True).values()
+            ).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    return grads
+
+
 def _rank_fn(rank, world_size, img, txt, scale):
     n = img.shape[0] // world_size
     rows = slice(rank * n, (rank + 1) * n)
@@ -266,6 +298,7 @@ def _rank_fn(rank, world_size, img, txt, scale):
         loss = ClipLiteLoss(negatives=k, direction=direction, seed=7, local_loss=local_loss,
                             gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
         results.append(_loss_and_grads(loss, img[rows], txt[rows], scale))
+    results.append(_ddp_prior_step(rank, world_size, img, txt))
     return results
 
 
@@ -291,6 +324,13 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch():
             for rank, r in enumerate(per_rank):
                 torch.testing.assert_close(r[1] / factor, g_img[rank * 4:(rank + 1) * 4], rtol=1e-5, atol=1e-5)
                 torch.testing.assert_close(r[2] / factor, g_txt[rank * 4:(rank + 1) * 4], rtol=1e-5, atol=1e-5)
+    # DDP with the discriminator used in the loss: every parameter gets the same (averaged) grad on both ranks
+    ddp = [r[len(CONFIGS)] for r in ranks]
+    for step in range(2):
+        assert ddp[0][step].keys() == ddp[1][step].keys()
+        for name, grad in ddp[0][step].items():
+            torch.testing.assert_close(grad, ddp[1][step][name])
+            assert grad.abs().sum() > 0, name
 
 
 # --- the real trainer ---------------------------------------------------------------------------
