@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
             results[name] = measure(light, plain, model_cfg, args.batch_size, args.repeats, args.warmup, device)
     cpu = platform.processor() or platform.machine()
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu}, threads: {torch.get_num_threads()}"
     print(f"Inference cost, exported LightCLIP model vs plain OpenCLIP CLIP on the same towers "
           f"(batch {args.batch_size}, {where}, torch {torch.__version__}, median of {args.repeats}; "
           f"ratio = LightCLIP / OpenCLIP)\n")
