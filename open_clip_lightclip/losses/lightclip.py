@@ -105,8 +105,9 @@ class LightCLIPLoss(nn.Module):
         self.progress = progress
         self._logged_schedule = False
 
-    def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        return gather_batch(x, self.rank, self.world_size, self.gather_with_grad)
+    def _gather(self, x: torch.Tensor, constant: bool = False) -> torch.Tensor:
+        """Every rank's ``x`` (ClipLoss semantics); ``constant`` for tensors without gradient (masks)."""
+        return gather_batch(x, self.rank, self.world_size, self.gather_with_grad and not constant)
 
     def _labels(self, num_rows: int, device) -> torch.Tensor:
         offset = num_rows * self.rank if (self.local_loss and self.world_size > 1) else 0
@@ -129,7 +130,7 @@ class LightCLIPLoss(nn.Module):
 
     def token_loss(self, image_tokens, text_tokens, text_mask, logit_scale) -> torch.Tensor:
         all_image, all_text = self._gather(image_tokens), self._gather(text_tokens)
-        all_mask = gather_batch(text_mask, self.rank, self.world_size)
+        all_mask = self._gather(text_mask, constant=True)
         all_text, all_mask = trim_words(all_text, all_mask)  # same length on every rank
         text_tokens, text_mask = text_tokens[:, :all_mask.shape[1]], text_mask[:, :all_mask.shape[1]]
         kw = dict(mode=self.matching, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
