@@ -45,9 +45,20 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
-def read_state_dict(path, weights_only: bool = True) -> Dict[str, torch.Tensor]:
+def _torch_load(path: Path, weights_only: bool, mmap: bool):
+    if mmap:  # tensors stay on disk until touched: a cheap look at a large checkpoint
+        try:
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
+                raise
+    return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def read_state_dict(path, weights_only: bool = True, mmap: bool = False) -> Dict[str, torch.Tensor]:
     """The state_dict of a trainer checkpoint (``.pt``), a bare state_dict or a ``.safetensors`` file,
-    with the ``module.`` prefix of DDP runs removed. Raises :class:`CheckpointError`."""
+    with the ``module.`` prefix of DDP runs removed. Raises :class:`CheckpointError`.
+    ``mmap``: memory-map ``torch.save`` files instead of reading them into memory."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -61,7 +72,7 @@ def read_state_dict(path, weights_only: bool = True) -> Dict[str, torch.Tensor]:
 
             checkpoint = load_file(str(path), device="cpu")
         else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+            checkpoint = _torch_load(path, weights_only, mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
             AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
         raise CheckpointError(
@@ -115,7 +126,7 @@ def load_checkpoint(upstream, model: nn.Module, checkpoint_path, strict: bool = 
     """OpenCLIP's ``load_checkpoint`` (``upstream``), tolerant of training-only modules only."""
     if Path(str(checkpoint_path)).suffix in (".npz", ".npy"):
         return upstream(model, checkpoint_path, strict=strict, weights_only=weights_only, device=device)
-    state_dict = read_state_dict(checkpoint_path, weights_only=weights_only)
+    state_dict = read_state_dict(checkpoint_path, weights_only=weights_only, mmap=True)  # no second copy in memory
     if "logit_bias" in state_dict and getattr(model, "logit_bias", False) is None:
         # trained with a SigLIP loss (upstream builds such models with init_logit_bias)
         model.logit_bias = nn.Parameter(torch.zeros_like(state_dict["logit_bias"]))
