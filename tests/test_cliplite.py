@@ -345,6 +345,9 @@ def test_trainer_lightclip_mnv3_accum_prior_and_val(train, tiny_shards):
     assert "clip_val_loss" in log and "image_to_text_mean_rank" in log
     sd = torch.load(ckpt_dir / "epoch_1.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("cliplite_prior.image.") for k in sd)
+    # at inference a CLIP-Lite model is a plain CLIP: the checkpoint loads without the discriminator
+    model = open_clip.create_model("LightCLIP-MNv3", pretrained=str(ckpt_dir / "epoch_1.pt"), force_image_size=64)
+    assert not hasattr(model, "cliplite_prior")
 
 
 @pytest.mark.slow
