@@ -4,7 +4,7 @@ Inference (``encode_image`` / ``encode_text``) is exactly plain CLIP on the same
 When a training objective needs them (``output_tokens = True``), the dict ``forward`` returns
 in training mode also holds the image patch tokens and the text tower's per-position outputs.
 """
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -75,6 +75,7 @@ class LightCLIP(nn.Module):
         super().__init__()
         self.output_dict = output_dict
         self.output_tokens = False  # set by objectives that need patch / word tokens
+        self.trim_text = True  # training forward: cut each batch after its longest caption (exact, see forward_text)
         self.visual = TimmCNNTower(embed_dim=embed_dim, **vision_cfg)
         self.text = build_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype)
         self.context_length = self.text.context_length
@@ -106,6 +107,39 @@ class LightCLIP(nn.Module):
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features, _ = self.text(text)
         return F.normalize(features, dim=-1) if normalize else features
+
+    def text_trim_is_exact(self) -> bool:
+        """Positions after the last EOT can't change earlier outputs: causal mask, EOT (argmax) pooling."""
+        t = self.text
+        return (t.attn_mask is not None and t.cls_emb is None and not t.use_pad_mask
+                and t.pool_type == "argmax")
+
+    def forward_text(self, text: torch.Tensor, trim: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Pooled, projected text features (B, D) and per-position outputs (B, L, W).
+
+        ``trim``: run the tower only up to the batch's longest caption (last EOT) and pad the
+        per-position outputs back to L with zeros. With CLIP's causal mask and EOT pooling the
+        results are identical; the cost of the text tower drops with the caption length.
+        """
+        if not (trim and self.text_trim_is_exact()):
+            return self.text(text)
+        from open_clip.transformer import text_global_pool
+
+        tower = self.text
+        full_length = text.shape[1]
+        length = int(text.argmax(dim=-1).max()) + 1
+        text = text[:, :length]
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(text).to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
+        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        x = tower.ln_final(x)
+        pooled = text_global_pool(x, text, tower.pool_type)
+        if tower.text_projection is not None:
+            if isinstance(tower.text_projection, nn.Linear):
+                pooled = tower.text_projection(pooled)
+            else:
+                pooled = pooled @ tower.text_projection
+        return pooled, F.pad(x, (0, 0, 0, full_length - length))
 
     def get_logits(self, image: torch.Tensor, text: torch.Tensor):
         image_features = self.encode_image(image, normalize=True)
@@ -139,7 +173,7 @@ class LightCLIP(nn.Module):
         ``mlm_mask`` fixes the masking (see ``train_heads.mask_tokens``), e.g. in tests.
         """
         image_features, image_tokens = self.visual.forward_tokens(image)
-        text_features, text_tokens = self.text(text)
+        text_features, text_tokens = self.forward_text(text, trim=self.trim_text)
         word_mask = text_word_mask(text, self.text.pad_id)
         out = {
             "image_features": F.normalize(image_features, dim=-1),
@@ -153,16 +187,22 @@ class LightCLIP(nn.Module):
         if heads.cfg.token:
             out["image_tokens"], out["text_tokens"] = heads.project_tokens(image_tokens, text_tokens)
         if heads.cfg.mlm:
-            out.update(heads.mlm(self.text, text, word_mask, image_tokens, mlm_mask))
+            length = text.shape[1]
+            if self.trim_text and self.text_trim_is_exact():  # no position past the last EOT matters
+                length = int(text.argmax(dim=-1).max()) + 1
+            if mlm_mask is not None:
+                mlm_mask = tuple(m[:, :length] for m in mlm_mask)
+            out.update(heads.mlm(self.text, text[:, :length], word_mask[:, :length], image_tokens, mlm_mask))
         return out
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
         if self.output_dict and self.output_tokens and self.training and image is not None and text is not None:
             out = self.forward_train(image, text)
         else:
+            trim = self.training and self.trim_text
             out = {
                 "image_features": self.encode_image(image, normalize=True) if image is not None else None,
-                "text_features": self.encode_text(text, normalize=True) if text is not None else None,
+                "text_features": F.normalize(self.forward_text(text, trim)[0], dim=-1) if text is not None else None,
             }
         if self.output_dict:
             out["logit_scale"] = self.logit_scale.exp()

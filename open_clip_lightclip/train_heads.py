@@ -99,7 +99,7 @@ class LightCLIPTrainHeads(nn.Module):
     def _attn_mask(self, text_tower, text: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
         """Causal: CLIP's own mask. Bidirectional: every position sees every non-padding position."""
         if self.cfg.mlm_attention == "causal":
-            return text_tower.attn_mask
+            return text_tower.attn_mask[:text.shape[1], :text.shape[1]]
         positions = torch.arange(text.shape[1], device=text.device)
         key_valid = positions[None, :] <= text.argmax(dim=-1, keepdim=True)  # up to and incl. EOT
         additive = torch.zeros(key_valid.shape, dtype=dtype, device=text.device)
@@ -117,7 +117,7 @@ class LightCLIPTrainHeads(nn.Module):
         cast_dtype = text_tower.transformer.get_cast_dtype()
         x = text_tower.token_embedding(input_ids).to(cast_dtype)
         x = torch.where(use_mask[..., None], self.mask_embedding.to(cast_dtype), x)
-        x = x + text_tower.positional_embedding.to(cast_dtype)
+        x = x + text_tower.positional_embedding[:text.shape[1]].to(cast_dtype)  # text may be trimmed
         attn_mask = self._attn_mask(text_tower, text, x.dtype)
         image_kv = self.image_kv_proj(image_tokens)
         for index, block in enumerate(text_tower.transformer.resblocks, start=1):
