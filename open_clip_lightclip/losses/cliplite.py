@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_loss
+from ..progress import PROGRESS
 
 __all__ = [
     "ClipLiteLoss", "PriorDiscriminator", "random_derangement", "negative_indices", "jsd_loss",
@@ -134,9 +135,10 @@ class ClipLiteLoss(nn.Module):
     Distributed as OpenCLIP's ``ClipLoss``: features are gathered from all ranks (with
     gradients when ``gather_with_grad``); with ``local_loss`` each rank averages over its own
     positives only. The negatives are a derangement of the global batch drawn from a
-    generator seeded with ``(seed, step)``, so all ranks draw the same one; ``step`` counts
-    calls, ``calls_per_step`` of them per optimizer step (the trainer's ``--accum-freq``), so
-    the accumulation passes of one step share their negatives.
+    generator seeded with ``(seed, step)``, so all ranks draw the same one; ``step`` is the
+    trainer's optimizer step (``progress``, so a resumed run continues the sequence) or, outside
+    the trainer, counts calls, ``calls_per_step`` of them per optimizer step (``--accum-freq``);
+    either way the accumulation passes of one step share their negatives.
 
     Args:
         negatives: negatives per positive (k), distinct and never the positive itself.
@@ -162,6 +164,7 @@ class ClipLiteLoss(nn.Module):
             gather_with_grad: bool = False,
             rank: int = 0,
             world_size: int = 1,
+            progress=None,
     ):
         super().__init__()
         if direction not in DIRECTIONS:
@@ -180,6 +183,7 @@ class ClipLiteLoss(nn.Module):
         self.rank = rank
         self.world_size = world_size
         self.calls = 0
+        self.progress = progress  # the trainer's step (open_clip_lightclip.progress.PROGRESS), when it runs
 
     def step_generator(self, step: int) -> torch.Generator:
         """CPU generator for the negatives of optimizer step ``step`` (same on every rank)."""
@@ -241,7 +245,10 @@ class ClipLiteLoss(nn.Module):
             output_dict: bool = False,
             **unused,
     ):
-        step = self.calls // self.calls_per_step
+        if self.progress is not None and self.progress.total_steps:
+            step = self.progress.step  # the trainer's optimizer step: right after --resume too
+        else:
+            step = self.calls // self.calls_per_step
         self.calls += 1
         losses = {"cliplite_jsd": self.jsd(image_features, text_features, logit_scale, self.step_generator(step))}
         if self.prior is not None and self.prior_weight > 0:
@@ -329,4 +336,5 @@ def _cliplite_loss(args) -> nn.Module:
         gather_with_grad=getattr(args, "gather_with_grad", False),
         rank=getattr(args, "rank", 0),
         world_size=getattr(args, "world_size", 1),
+        progress=PROGRESS,
     )
