@@ -60,7 +60,7 @@ def mini_shards(tmp_path_factory):
         folder = src / caption.split()[2]
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{key}.png")
-        (folder / f"{key}.txt").write_text(caption)
+        (folder / f"{key}.txt").write_text(f"{caption} number {key[-3:]}")  # unique: no ties in recall
     assert main(["build-shards", "folder", str(src), "--out", str(root / "shards"), "--image-size", "32",
                  "--heldout-fraction", "0.25", "--no-progress", "--workers", "1"]) == 0
     return root
@@ -101,7 +101,7 @@ def test_miniature_demo_two_arms_writes_table_and_png(mini_shards, tmp_path):
         assert e["i2t_R@1"] <= e["i2t_R@5"] <= e["i2t_R@10"]
         assert e["clipart_classes"] == 4 and e["fashion_mnist_images"] == 30
         assert r["curves"]["step"] == [1, 2] and len(r["curves"]["val"]) == 1
-        # our held-out recall is the trainer's own --val-data recall of the same checkpoint
+        # our held-out recall is the trainer's own --val-data recall of the same checkpoint (no tied captions)
         assert e["i2t_R@5"] == pytest.approx(r["curves"]["val"][0]["image_to_text_R@5"], abs=1e-6)
     # same seed, same budget: the commands differ only in --loss and --name
     a, b = runs[0]["cmd"], runs[1]["cmd"]

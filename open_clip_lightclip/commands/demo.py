@@ -38,6 +38,14 @@ METRICS = [  # (key, column title)
 _TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \(\s*\d+%\)\].*?Batch \(t\): ([\d.]+).*? Loss: ([\d.eE+-]+)")
 
 
+def cpu_seconds(children: bool = True) -> float:
+    """CPU seconds (user + system) of this process, or of its finished children."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -140,7 +148,7 @@ def run_arm(args, info: dict, arm: str, seed: int, logs: Path) -> Optional[dict]
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    start = time.time()
+    start, cpu_start = time.time(), cpu_seconds()
     tail: List[str] = []
     next_report = 0.0
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
@@ -168,10 +176,11 @@ def run_arm(args, info: dict, arm: str, seed: int, logs: Path) -> Optional[dict]
         print(f"[demo] error: training {name} failed (exit {rc}); last lines:\n" + "\n".join(tail[-15:]),
               file=sys.stderr)
         return None
-    record = {"arm": arm, "seed": seed, "cmd": cmd, "train_seconds": seconds, "checkpoint": str(ckpt),
+    record = {"arm": arm, "seed": seed, "cmd": cmd, "train_seconds": seconds,
+              "train_cpu_seconds": cpu_seconds() - cpu_start, "checkpoint": str(ckpt),
               "run_dir": str(run_dir)}
     record_path.write_text(json.dumps(record, indent=1))
-    log(f"{name}: done in {seconds:.0f} s -> {ckpt}")
+    log(f"{name}: done in {seconds:.0f} s ({record['train_cpu_seconds']:.0f} CPU s) -> {ckpt}")
     return record
 
 
@@ -328,19 +337,20 @@ def summarize(args, info: dict, runs: List[dict], skipped: List[str], data: dict
         "",
         "Numbers are % (mean" + (" ± standard deviation over seeds" if n_seeds > 1 else ", one seed") + ").",
         "",
-        "| arm | " + " | ".join(title for _, title in METRICS) + " | train time (s) |",
-        "|---|" + "---|" * (len(METRICS) + 1),
+        "| arm | " + " | ".join(title for _, title in METRICS) + " | train time (s) | train CPU (s) |",
+        "|---|" + "---|" * (len(METRICS) + 2),
     ]
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm]
         cells = [_fmt([r["eval"][key] for r in rs if key in r["eval"]]) for key, _ in METRICS]
         cells.append(_fmt([r["train_seconds"] for r in rs], percent=False))
+        cells.append(_fmt([r["train_cpu_seconds"] for r in rs if "train_cpu_seconds" in r], percent=False))
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     n = len(data["images"])
     chance = [f"{100 * min(k, n) / n:.1f}" for k in (1, 5, 10)] * 2
     chance.append(f"{100 / len(data['classes']):.1f}" if data["classes"] else "–")
     chance.append("10.0" if "fashion" in data else "–")
-    lines.append("| *chance* | " + " | ".join(chance) + " | |")
+    lines.append("| *chance* | " + " | ".join(chance) + " | | |")
     lines.append("")
     if data["classes"]:
         cats = [c for c in data["categories"] if c in data["classes"]]
@@ -380,7 +390,9 @@ def summarize(args, info: dict, runs: List[dict], skipped: List[str], data: dict
             lines.append(f"- `{arm}`: {diff:+.1f} points, {verdict}.")
     reused = " (finished runs were reused, so this is not the time of a fresh run)" \
         if any(r.get("reused") for r in runs) else ""
-    lines += ["", f"Whole demo wall time: {wall / 60:.1f} min{reused}.", "", f"Command: `{args.command_line}`", ""]
+    cpu = cpu_seconds(False) + cpu_seconds(True)
+    lines += ["", f"Whole demo wall time: {wall / 60:.1f} min{reused}; CPU time (all processes): {cpu / 60:.1f} min "
+                  f"on {os.cpu_count()} cores.", "", f"Command: `{args.command_line}`", ""]
     return "\n".join(lines)
 
 
