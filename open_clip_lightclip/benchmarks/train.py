@@ -117,28 +117,27 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_steps(arms: List[str], model_name: str, batch_size: int, image_size: int, device: torch.device,
-                repeats: int, warmup: int, extra: List[str] = ()) -> List[dict]:
+                repeats: int, warmup: int, extra: List[str] = (), clock=time.perf_counter) -> List[dict]:
     built = {name: build_arm(name, model_name, image_size, device, extra) for name in arms}
     images, texts = _batch(model_name, batch_size, image_size, device)
     times: Dict[str, List[float]] = {name: [] for name in arms}
-    peaks: Dict[str, List[float]] = {name: [] for name in arms}
     for round_index in range(warmup + repeats):
         for name in arms:  # interleaved: A B C A B C ...
             model, loss, optimizer = built[name]
             _sync(device)
-            start = time.perf_counter()
-            peak = measure_peak(lambda: _step(model, loss, optimizer, images, texts), device)
+            start = clock()
+            _step(model, loss, optimizer, images, texts)
             _sync(device)
             if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-                if peak is not None:
-                    peaks[name].append(peak)
+                times[name].append(clock() - start)
+    # memory in a round of its own: measuring it (freeing the heap first) must not slow the timed steps
+    peaks = {name: measure_peak(lambda: _step(*built[name], images, texts), device) for name in arms}
     base = statistics.median(times[arms[0]])
     rows = []
     for name in arms:
         median = statistics.median(times[name])
         rows.append({"arm": name, "step_s": median, "ratio": median / base, "samples_per_s": batch_size / median,
-                     "peak_mib": max(peaks[name]) if peaks[name] else None,
+                     "peak_mib": peaks[name],
                      "spread_s": (max(times[name]) - min(times[name])) / 2})
     return rows
 
@@ -163,7 +162,8 @@ class _SimulatedGather:
 
 
 def bench_global_batch(model_name: str, batch_size: int, image_size: int, device: torch.device,
-                       global_batches: List[int], repeats: int, extra: List[str] = ()) -> List[dict]:
+                       global_batches: List[int], repeats: int, extra: List[str] = (),
+                       clock=time.perf_counter) -> List[dict]:
     """LightCLIP loss (instance and token terms) forward + backward at simulated global batch sizes."""
     model, loss, _ = build_arm("lightclip all", model_name, image_size, device, extra)
     images, texts = _batch(model_name, batch_size, image_size, device)
@@ -184,13 +184,14 @@ def bench_global_batch(model_name: str, batch_size: int, image_size: int, device
                 sum(value.values()).backward()
 
             run_once()  # warm-up (and filler allocation)
-            timings, peak = [], None
+            timings = []
             for _ in range(repeats):
                 _sync(device)
-                start = time.perf_counter()
-                peak = measure_peak(run_once, device)
+                start = clock()
+                run_once()
                 _sync(device)
-                timings.append(time.perf_counter() - start)
+                timings.append(clock() - start)
+            peak = measure_peak(run_once, device)
             rows.append({"global_batch": world * batch_size, "term": term, "loss_s": statistics.median(timings),
                          "peak_mib": peak})
     return rows
@@ -224,15 +225,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: unknown arm(s) {unknown}; choose from {list(ARMS)}")
         return 2
     extra = list(args.trainer_args or [])
+    if args.clock == "cpu" and device.type != "cpu":
+        print("error: --clock cpu measures this process's CPU time; use it with --device cpu")
+        return 2
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"model {args.model}, batch {args.batch_size}, {args.image_size} px, device {device}, "
-          f"torch threads {torch.get_num_threads()}, {args.repeats} timed rounds after {args.warmup} warm-up\n",
-          flush=True)
+          f"torch threads {torch.get_num_threads()}, {args.clock} clock, "
+          f"{args.repeats} timed rounds after {args.warmup} warm-up\n", flush=True)
     if not args.global_batch:
         print(steps_table(bench_steps(args.arms, args.model, args.batch_size, args.image_size, device,
-                                      args.repeats, args.warmup, extra)))
+                                      args.repeats, args.warmup, extra, clock)))
     else:
         print(global_table(bench_global_batch(args.model, args.batch_size, args.image_size, device,
-                                              args.global_batch, args.repeats, extra)))
+                                              args.global_batch, args.repeats, extra, clock)))
     return 0
 
 
@@ -248,6 +253,9 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time, or this process's CPU time (with --threads 1: robust to other load "
+                        "on a shared machine)")
     p.add_argument("--global-batch", type=int, nargs="+", default=None, metavar="N",
                    help="instead: time the instance / token terms alone at these simulated global batch sizes")
     p.add_argument("--trainer-args", nargs=argparse.REMAINDER,

