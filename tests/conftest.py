@@ -49,3 +49,12 @@ def train(tiny_shards, tmp_path):
         return proc, tmp_path / "logs" / name / "checkpoints"
 
     return _train
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_trainer_args():
+    """A test that parses trainer flags in-process must not configure the next test's model."""
+    yield
+    from open_clip_lightclip import integration
+
+    integration._PENDING_TRAINER_ARGS = None
