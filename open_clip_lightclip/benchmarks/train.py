@@ -32,6 +32,12 @@ ARMS: Dict[str, List[str]] = {
     "lightclip mlm": ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0"],
     "lightclip all": ["--loss", "lightclip"],
     "cliplite": ["--loss", "cliplite"],
+    "clip untrimmed": ["--loss", "clip"],
+}
+# attributes set on an arm's model after it is built
+MODEL_SETTINGS: Dict[str, dict] = {
+    # the text tower on all context_length positions: the step upstream OpenCLIP's CLIP runs
+    "clip untrimmed": {"trim_text": False},
 }
 
 
@@ -87,6 +93,8 @@ def build_arm(name: str, model_name: str, image_size: int, device: torch.device,
     kwargs = {"init_logit_scale": float(torch.log(torch.tensor(10.0))), "init_logit_bias": -10.0} if args.siglip else {}
     torch.manual_seed(seed)
     model = open_clip.create_model(model_name, force_image_size=image_size, output_dict=True, device=device, **kwargs)
+    for attr, value in MODEL_SETTINGS.get(name, {}).items():
+        setattr(model, attr, value)
     loss = open_clip.create_loss(args)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return model.train(), loss.to(device), optimizer
