@@ -187,3 +187,23 @@ def install_clip_benchmark_zeroshot(zeroshot: types.ModuleType) -> None:
 
     zeroshot.accuracy = accuracy
     _INSTALLED.add("clip_benchmark_zeroshot")
+
+
+# --- torch.distributed.run (torchrun) --------------------------------------------------------
+def install_torchrun(run: types.ModuleType) -> None:
+    """``torchrun ... -m open_clip_train.main --logs DIR`` fails in torchrun's own parser
+    (``ambiguous option: --logs could match --logs-specs, --logs_specs``): argparse matches
+    abbreviations even among the training script's arguments. Turn abbreviations off in
+    torchrun's parser; its options are all still accepted under their full names."""
+    if "torchrun" in _INSTALLED or not hasattr(run, "get_args_parser"):
+        return
+    upstream = run.get_args_parser
+
+    @functools.wraps(upstream)
+    def get_args_parser():
+        parser = upstream()
+        parser.allow_abbrev = False
+        return parser
+
+    run.get_args_parser = get_args_parser
+    _INSTALLED.add("torchrun")

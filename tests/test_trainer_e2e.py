@@ -60,3 +60,18 @@ def test_without_loss_flag_trainer_is_upstream(train):
     _, ckpt_dir = train(loss=None, extra=["--force-image-size", "64"])
     log = (ckpt_dir.parent / "out.log").read_text()
     assert "Contrastive_loss" in log and "loss: None" in (ckpt_dir.parent / "params.txt").read_text()
+
+
+def test_torchrun_with_logs_flag_trains(tiny_shards, tmp_path):
+    """`torchrun ... -m open_clip_train.main --logs DIR` (torchrun's parser would call --logs ambiguous)."""
+    import shutil
+
+    from conftest import run_python
+    from open_clip_lightclip.trainer_cmd import trainer_command
+
+    torchrun = shutil.which("torchrun", path=str(Path(__import__("sys").executable).parent))
+    assert torchrun is not None
+    cmd = trainer_command(tiny_shards, str(tmp_path / "logs"), "torchrun", loss="clip", batch_size=8,
+                          warmup=1, extra=["--workers", "0", "--force-image-size", "64"])
+    proc = run_python([torchrun, "--nproc_per_node", "1", *cmd[1:]])  # the torchrun script, run by this python
+    assert (tmp_path / "logs" / "torchrun" / "checkpoints" / "epoch_1.pt").is_file(), proc.stderr[-2000:]
