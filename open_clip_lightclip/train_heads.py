@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fusion import FusionBlock
+from .fusion import FusionBlock, ImageKV
 
 __all__ = ["LightCLIPTrainCfg", "LightCLIPTrainHeads", "mask_tokens"]
 
@@ -85,7 +85,7 @@ class LightCLIPTrainHeads(nn.Module):
             if cfg.mlm_attention not in ("bidirectional", "causal"):
                 raise ValueError(f"mlm_attention must be 'bidirectional' or 'causal', got {cfg.mlm_attention!r}")
             self.mask_embedding = nn.Parameter(torch.randn(text_width) * 0.02)
-            self.image_kv_proj = nn.Linear(image_token_dim, text_width)
+            self.image_kv = ImageKV(image_token_dim, text_width, text_heads)  # shared by every fusion block
             self.fusion = nn.ModuleDict({
                 str(layer): FusionBlock(text_width, text_heads, cfg.fusion_mlp_ratio)
                 for layer in sorted(set(cfg.fusion_layers))})
@@ -119,12 +119,11 @@ class LightCLIPTrainHeads(nn.Module):
         x = torch.where(use_mask[..., None], self.mask_embedding.to(cast_dtype), x)
         x = x + text_tower.positional_embedding[:text.shape[1]].to(cast_dtype)  # text may be trimmed
         attn_mask = self._attn_mask(text_tower, text, x.dtype)
-        image_kv = self.image_kv_proj(image_tokens)
+        k, v = self.image_kv(image_tokens)
         for index, block in enumerate(text_tower.transformer.resblocks, start=1):
             x = block(x, attn_mask=attn_mask)
-            fusion = self.fusion[str(index)] if str(index) in self.fusion else None
-            if fusion is not None:
-                x = fusion(x, image_kv)
+            if str(index) in self.fusion:
+                x = self.fusion[str(index)](x, k, v)
         x = text_tower.ln_final(x)
         hidden = self.mlm_transform(x[selected])  # (M, W): masked positions only
         logits = F.linear(hidden, text_tower.token_embedding.weight, self.mlm_bias)

@@ -258,3 +258,20 @@ def test_zero_weights_skip_their_modules():
     assert "image_tokens" not in out and "mlm_loss_sum" in out
     loss = LightCLIPLoss(token_weight=0, mlm_weight=1.0, progress=_fixed(0))
     assert set(loss(**out, output_dict=True)) == {"instance_loss", "mlm_loss"}
+
+
+def test_fusion_block_is_gated_cross_attention():
+    from open_clip_lightclip.fusion import FusionBlock, ImageKV
+
+    torch.manual_seed(0)
+    kv, block = ImageKV(6, 8, 2), FusionBlock(8, 2)
+    x, img = torch.randn(3, 5, 8), torch.randn(3, 7, 6)
+    k, v = kv(img)
+    assert k.shape == v.shape == (3, 2, 7, 4)
+    mlp_only = x + block.mlp(block.ln_mlp(x))
+    assert torch.allclose(block(x, k, v), mlp_only, atol=1e-6)  # gate 0: attention path off
+    torch.nn.init.constant_(block.gate, 0.7)
+    q = block.q(block.ln_q(x)).view(3, 5, 2, 4).transpose(1, 2)
+    attn = ((q @ k.transpose(-1, -2)) / 2.0).softmax(-1) @ v  # scale 1/sqrt(head dim 4)
+    y = x + math.tanh(0.7) * block.out(attn.transpose(1, 2).reshape(3, 5, 8))
+    assert torch.allclose(block(x, k, v), y + block.mlp(block.ln_mlp(y)), atol=1e-5)
