@@ -238,7 +238,7 @@ def _classifier(model, tokenizer, classnames, templates):
 
 
 def recall_at_k(sim, ks=(1, 5, 10)) -> dict:
-    """Recall@k of a square similarity matrix whose diagonal holds the pairs (upstream's definition)."""
+    """Recall@k of a square similarity matrix whose diagonal holds the pairs; exact ties do not count against."""
     import torch
 
     ranks = (sim > sim.diag().unsqueeze(1)).sum(1)  # how many candidates score above the true pair
@@ -246,7 +246,7 @@ def recall_at_k(sim, ks=(1, 5, 10)) -> dict:
 
 
 def load_eval_data(info: dict, fashion_samples: int, fashion_dir=None) -> dict:
-    from ..datasets import fashion_mnist, read_shard_samples
+    from ..datasets import FASHION_MNIST_ROOT, fashion_mnist, read_shard_samples
 
     images, captions, cats = [], [], []
     for _, im, cap, meta in read_shard_samples(info["heldout_data"]):
@@ -262,7 +262,7 @@ def load_eval_data(info: dict, fashion_samples: int, fashion_dir=None) -> dict:
     if fashion_samples:
         from PIL import Image
 
-        fm_images, fm_labels, fm_classes = fashion_mnist("test", fashion_dir)
+        fm_images, fm_labels, fm_classes = fashion_mnist("test", fashion_dir or FASHION_MNIST_ROOT)
         data["fashion"] = ([Image.fromarray(a).convert("RGB") for a in fm_images[:fashion_samples]],
                            fm_labels[:fashion_samples], fm_classes)
     return data
@@ -352,6 +352,11 @@ def summarize(args, info: dict, runs: List[dict], skipped: List[str], data: dict
     chance.append("10.0" if "fashion" in data else "–")
     lines.append("| *chance* | " + " | ".join(chance) + " | | |")
     lines.append("")
+    dupes = len(data["captions"]) - len(set(data["captions"])) if "captions" in data else 0
+    lines.append(f"Recall@k: the true pair ranks in the top k of {n} held-out pairs; a candidate that scores "
+                 f"exactly as high as the true pair (an identical caption: {dupes} held-out captions repeat "
+                 "another) does not push it down, so these numbers can be a little higher than the trainer's "
+                 "own per-epoch `--val-data` recall in results.png, which breaks such ties arbitrarily.")
     if data["classes"]:
         cats = [c for c in data["categories"] if c in data["classes"]]
         majority = max(cats.count(c) for c in data["classes"]) / len(cats)
