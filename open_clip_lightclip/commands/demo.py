@@ -565,7 +565,8 @@ art (Debian openclipart-png + openclipart-svg), then evaluate each on the held-o
 split (image->text and text->image recall@1/5/10, zero-shot over the clip-art
 categories) and zero-shot on Fashion-MNIST's test split (dataset-fashion-mnist).
 Writes OUT/results.md (markdown table), OUT/results.json and OUT/results.png.
-The default takes under 30 minutes on 2 CPU cores."""
+The default is sized for under 30 minutes on 2 idle CPU cores (about 15-20 min estimated
+from measured step costs; far longer when other jobs share the cores)."""
 
 EPILOG = """\
 budget knobs: --epochs x --steps-per-epoch optimizer steps of --batch-size samples
