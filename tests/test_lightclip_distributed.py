@@ -55,3 +55,14 @@ def test_two_processes_equal_one_process(options):
         # DDP averages parameter gradients over ranks: per-rank gradients / world size
         dist_grad = torch.cat([r[1][key] for r in results]) / 2
         assert torch.allclose(dist_grad, single_grads[key], atol=1e-5), key
+
+
+def test_local_token_scope_uses_each_ranks_batch_only():
+    data = _global_batch()
+    options = dict(instance_weight=0.0, mlm_weight=0.0, token_scope="local", matching="max")
+    results = run_distributed(_terms, 2, data, options)
+    halves = [{k: v[i * 4:(i + 1) * 4] for k, v in data.items()} for i in range(2)]
+    for rank, half in enumerate(halves):
+        single_terms, single_grads = _terms(0, 1, half, options)
+        assert torch.allclose(results[rank][0]["token_loss"], single_terms["token_loss"], atol=1e-6)
+        assert torch.allclose(results[rank][1]["image_tokens"], single_grads["image_tokens"], atol=1e-6)

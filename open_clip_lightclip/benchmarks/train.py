@@ -9,7 +9,8 @@ during a step on the CPU (Linux ``VmHWM``, reset before each step) or
 
 ``--global-batch`` simulates data parallelism for the loss alone: the local batch's
 features and tokens are joined by constant (gathered) ones up to the global batch, as
-``--local-loss`` sees them on one rank, and the loss forward + backward is timed.
+``--local-loss`` sees them on one rank, and the loss forward + backward is timed (with its
+peak memory, on the same calls).
 On the CPU, freed heap is returned to the OS (``malloc_trim``) before each measured call,
 so the peak counts what the call itself allocates, not what an earlier call left cached.
 """
@@ -171,7 +172,7 @@ class _SimulatedGather:
 
 def bench_global_batch(model_name: str, batch_size: int, image_size: int, device: torch.device,
                        global_batches: List[int], repeats: int, extra: List[str] = (),
-                       clock=time.perf_counter) -> List[dict]:
+                       clock=time.perf_counter, on_row: Optional[Callable[[dict], None]] = None) -> List[dict]:
     """LightCLIP loss (instance and token terms) forward + backward at simulated global batch sizes."""
     model, loss, _ = build_arm("lightclip all", model_name, image_size, device, extra)
     images, texts = _batch(model_name, batch_size, image_size, device)
@@ -191,17 +192,19 @@ def bench_global_batch(model_name: str, batch_size: int, image_size: int, device
                 value = loss(**leaves, output_dict=True)
                 sum(value.values()).backward()
 
-            run_once()  # warm-up (and filler allocation)
-            timings = []
-            for _ in range(repeats):
+            if not rows:
+                run_once()  # warm-up
+            timings, peaks = [], []
+            for _ in range(repeats):  # memory measured on the timed calls: at 16k one call takes minutes
                 _sync(device)
                 start = clock()
-                run_once()
+                peaks.append(measure_peak(run_once, device))
                 _sync(device)
                 timings.append(clock() - start)
-            peak = measure_peak(run_once, device)
             rows.append({"global_batch": world * batch_size, "term": term, "loss_s": statistics.median(timings),
-                         "peak_mib": peak})
+                         "peak_mib": None if None in peaks else max(peaks)})
+            if on_row is not None:
+                on_row(rows[-1])
     return rows
 
 
@@ -244,8 +247,10 @@ def run(args: argparse.Namespace) -> int:
         print(steps_table(bench_steps(args.arms, args.model, args.batch_size, args.image_size, device,
                                       args.repeats, args.warmup, extra, clock)))
     else:
-        print(global_table(bench_global_batch(args.model, args.batch_size, args.image_size, device,
-                                              args.global_batch, args.repeats, extra, clock)))
+        header = global_table([]).splitlines()
+        print("\n".join(header), flush=True)  # rows as they come: the largest batches take minutes
+        bench_global_batch(args.model, args.batch_size, args.image_size, device, args.global_batch, args.repeats,
+                           extra, clock, on_row=lambda row: print(global_table([row]).splitlines()[-1], flush=True))
     return 0
 
 

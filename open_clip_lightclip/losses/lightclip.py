@@ -31,6 +31,7 @@ __all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets"]
 
 SCHEDULES = ("linear", "cosine", "constant")
 SPREADS = ("uniform", "similarity")
+TOKEN_SCOPES = ("global", "local")
 
 
 def soft_label_eps(progress: float, eps_max: float, schedule: str = "linear") -> float:
@@ -84,6 +85,7 @@ class LightCLIPLoss(nn.Module):
             sinkhorn_eps: float = 0.05,
             sinkhorn_iters: int = 10,
             chunk_elements: int = 2 ** 24,
+            token_scope: str = "global",
             local_loss: bool = False,
             gather_with_grad: bool = False,
             rank: int = 0,
@@ -98,6 +100,9 @@ class LightCLIPLoss(nn.Module):
         self.soft_label_spread = soft_label_spread
         self.matching, self.sinkhorn_eps, self.sinkhorn_iters = matching, sinkhorn_eps, sinkhorn_iters
         self.chunk_elements = chunk_elements
+        if token_scope not in TOKEN_SCOPES:
+            raise ValueError(f"unknown token scope {token_scope!r}; choose one of {TOKEN_SCOPES}")
+        self.token_scope = token_scope
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.rank, self.world_size = rank, world_size
         if progress is None:
@@ -129,12 +134,17 @@ class LightCLIPLoss(nn.Module):
         return _symmetric_ce(logits_per_image, logits_per_text, labels, self.soft_label_eps, self.soft_label_spread)
 
     def token_loss(self, image_tokens, text_tokens, text_mask, logit_scale) -> torch.Tensor:
+        kw = dict(mode=self.matching, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
+                  chunk_elements=self.chunk_elements)
+        if self.token_scope == "local":  # negatives from this rank's batch only: cost independent of world size
+            text_tokens, text_mask = trim_words(text_tokens, text_mask)
+            scores = token_scores(image_tokens, text_tokens, text_mask, **kw)
+            labels = torch.arange(scores.shape[0], device=scores.device)
+            return _symmetric_ce(logit_scale * scores, logit_scale * scores.T, labels)
         all_image, all_text = self._gather(image_tokens), self._gather(text_tokens)
         all_mask = self._gather(text_mask, constant=True)
         all_text, all_mask = trim_words(all_text, all_mask)  # same length on every rank
         text_tokens, text_mask = text_tokens[:, :all_mask.shape[1]], text_mask[:, :all_mask.shape[1]]
-        kw = dict(mode=self.matching, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
-                  chunk_elements=self.chunk_elements)
         if self.local_loss:
             scores_i2t = token_scores(image_tokens, all_text, all_mask, **kw)
             scores_t2i = token_scores(all_image, text_tokens, text_mask, **kw).T
@@ -196,6 +206,9 @@ def _add_args(group) -> None:
     a("--lightclip-token-dim", type=int, default=256, help="dimension of the projected image / word tokens")
     a("--lightclip-token-chunk", type=int, default=2 ** 24,
       help="token term block size in similarity elements (pairs x words x patches); bounds its memory")
+    a("--lightclip-token-scope", choices=TOKEN_SCOPES, default="global",
+      help="negatives of the token term: the global (gathered) batch, or each rank's own batch "
+           "(cost independent of the number of ranks)")
     a("--lightclip-fusion-layers", type=int, nargs="+", default=[2, 4, 6],
       help="text layers (1-based) after which the masked text cross-attends to the image tokens")
     a("--lightclip-mask-prob", type=float, default=0.15, help="fraction of word tokens masked for MLM")
@@ -265,6 +278,7 @@ def create_lightclip_loss(args) -> LightCLIPLoss:
         sinkhorn_eps=args.lightclip_sinkhorn_eps,
         sinkhorn_iters=args.lightclip_sinkhorn_iters,
         chunk_elements=args.lightclip_token_chunk,
+        token_scope=args.lightclip_token_scope,
         local_loss=args.local_loss,
         gather_with_grad=args.gather_with_grad,
         rank=args.rank,
