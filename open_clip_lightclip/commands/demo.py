@@ -141,7 +141,11 @@ def run_arm(args, info: dict, arm: str, seed: int, logs: Path) -> Optional[dict]
             record["reused"] = True
             return record
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run, or one with other settings: the trainer refuses to reuse it
+        # an interrupted run, or one with other settings: the trainer refuses to reuse the folder,
+        # so move it aside (never delete what a run wrote)
+        aside = run_dir.with_name(f"{name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        log(f"{name}: moved the earlier run folder aside to {aside}")
     total_steps = args.steps_per_epoch * args.epochs
     log(f"{name}: training {total_steps} steps (batch {args.batch_size}, {args.image_size} px)")
     log(f"  $ {shlex.join(cmd)}")
