@@ -1,14 +1,18 @@
-"""The one place where upstream OpenCLIP is patched.
+"""The one place where upstream code is patched.
 
-Called by the import hook in :mod:`open_clip_lightclip._autoload` right after
-``open_clip`` / ``open_clip_train.params`` have executed. It adds what upstream lacks:
+Called by the import hook in :mod:`open_clip_lightclip._autoload` right after a hooked
+module (``_autoload._HOOKS``) has executed. It adds what upstream lacks:
 
-* our model configs (``model_configs/``) to OpenCLIP's config registry;
-* a model class chosen by the config key ``"model_class"`` (upstream builds ``CLIP``);
-* a loss registry behind ``--loss`` (upstream's ``create_loss`` when the flag is absent);
-* the plugin's trainer flags in ``open_clip_train.params.parse_args``.
+* ``open_clip``: our model configs (``model_configs/``); a model class chosen by the config
+  key ``"model_class"`` (upstream builds ``CLIP``); a loss registry behind ``--loss``
+  (upstream's ``create_loss`` when the flag is absent); checkpoint loading that ignores
+  training-only modules (:mod:`.checkpoint`);
+* ``open_clip_train.params``: the plugin's trainer flags and their checks;
+* ``open_clip_train.scheduler``: the trainer's step / total steps (:mod:`.progress`);
+* ``clip_benchmark``: its zero-shot accuracy under NumPy 2.4;
+* ``torch.distributed.run``: torchrun's parser no longer rejects ``--logs`` as ambiguous.
 
-``patches/`` holds the same hooks as a diff against the pinned OpenCLIP release.
+``patches/`` holds the OpenCLIP hooks as a diff against the pinned release.
 Every patch is idempotent and leaves upstream behaviour unchanged when unused.
 """
 import argparse
