@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from . import sync_device
+
 __all__ = ["plain_openclip_model", "exported_lightclip_model", "measure", "markdown_table", "run"]
 
 COLUMNS = ["config", "encoder", "input", "params LightCLIP", "params OpenCLIP", "ratio",
@@ -88,13 +90,6 @@ def _inputs(model_cfg: dict, batch_size: int, device):
                                                        "text": f"{batch_size}x{context} tokens"}
 
 
-def _sync(device) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def measure(light, plain, model_cfg: dict, batch_size: int = 1, repeats: int = 20, warmup: int = 3,
             device="cpu") -> List[dict]:
     """Rows (one per encoder) of params / MACs / median latency for both models."""
@@ -113,10 +108,10 @@ def measure(light, plain, model_cfg: dict, batch_size: int = 1, repeats: int = 2
         with torch.no_grad():
             for i in range(warmup + repeats):
                 for k in (("light", "plain") if i % 2 == 0 else ("plain", "light")):
-                    _sync(device)
+                    sync_device(device)
                     t0 = time.perf_counter()
                     fns[k](x)
-                    _sync(device)
+                    sync_device(device)
                     if i >= warmup:
                         times[k].append(time.perf_counter() - t0)
         row["latency_ms"] = {k: 1000 * statistics.median(v) for k, v in times.items()}

@@ -1,0 +1,222 @@
+"""The measuring code of ``open-clip-lightclip bench train`` (see :mod:`.train`); imports torch."""
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import sync_device
+from .train import ARMS, MODEL_SETTINGS
+
+__all__ = ["build_arm", "bench_steps", "bench_global_batch", "measure_peak", "run"]
+
+
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Return freed heap to the OS (glibc ``malloc_trim``), then reset the peak RSS (``VmHWM``)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_peak(fn: Callable[[], None], device: torch.device) -> Optional[float]:
+    """Peak memory growth (MiB) while ``fn`` runs."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    if not _reset_peak_rss():
+        fn()
+        return None
+    base = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def build_arm(name: str, model_name: str, image_size: int, device: torch.device, extra: List[str] = (), seed: int = 0):
+    """(model, loss, optimizer) for one arm, built as the trainer builds them."""
+    import open_clip
+    from open_clip_train.params import parse_args
+
+    args = parse_args(["--model", model_name, "--train-data", "unused", *ARMS[name], *extra])
+    args.rank, args.world_size, args.distributed, args.distill = 0, 1, False, False
+    kwargs = {"init_logit_scale": float(torch.log(torch.tensor(10.0))), "init_logit_bias": -10.0} if args.siglip else {}
+    torch.manual_seed(seed)
+    model = open_clip.create_model(model_name, force_image_size=image_size, output_dict=True, device=device, **kwargs)
+    for attr, value in MODEL_SETTINGS.get(name, {}).items():
+        setattr(model, attr, value)
+    loss = open_clip.create_loss(args)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    return model.train(), loss.to(device), optimizer
+
+
+def _batch(model_name: str, batch_size: int, image_size: int, device: torch.device, seed: int = 0):
+    import open_clip
+
+    from ..shards import synthetic_samples
+
+    captions = [caption for _, _, caption in synthetic_samples(batch_size, image_size=8, seed=seed)]
+    texts = open_clip.get_tokenizer(model_name)(captions).to(device)
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    return images.to(device), texts
+
+
+def _step(model, loss, optimizer, images, texts) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    out = model(images, texts)
+    losses = loss(**out, output_dict=True)
+    sum(losses.values()).backward()
+    optimizer.step()
+
+
+def bench_steps(arms: List[str], model_name: str, batch_size: int, image_size: int, device: torch.device,
+                repeats: int, warmup: int, extra: List[str] = (), clock=time.perf_counter) -> List[dict]:
+    built = {name: build_arm(name, model_name, image_size, device, extra) for name in arms}
+    images, texts = _batch(model_name, batch_size, image_size, device)
+    times: Dict[str, List[float]] = {name: [] for name in arms}
+    for round_index in range(warmup + repeats):
+        for name in arms:  # interleaved: A B C A B C ...
+            model, loss, optimizer = built[name]
+            sync_device(device)
+            start = clock()
+            _step(model, loss, optimizer, images, texts)
+            sync_device(device)
+            if round_index >= warmup:
+                times[name].append(clock() - start)
+    # memory in a round of its own: measuring it (freeing the heap first) must not slow the timed steps
+    peaks = {name: measure_peak(lambda: _step(*built[name], images, texts), device) for name in arms}
+    base = statistics.median(times[arms[0]])
+    rows = []
+    for name in arms:
+        median = statistics.median(times[name])
+        rows.append({"arm": name, "step_s": median, "ratio": median / base, "samples_per_s": batch_size / median,
+                     "peak_mib": peaks[name],
+                     "spread_s": (max(times[name]) - min(times[name])) / 2})
+    return rows
+
+
+class _SimulatedGather:
+    """Stands in for the all-gather of a ``local_loss`` run on rank 0 of ``world`` ranks."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.cache: Dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor, constant: bool = False) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype)
+        if key not in self.cache:
+            shape = (x.shape[0] * (self.world - 1), *x.shape[1:])
+            if x.dtype == torch.bool:
+                filler = x.repeat(self.world - 1, *([1] * (x.dim() - 1)))
+            else:
+                filler = torch.nn.functional.normalize(torch.randn(shape, device=x.device, dtype=x.dtype), dim=-1)
+            self.cache[key] = filler
+        return torch.cat([x, self.cache[key]], dim=0)
+
+
+def bench_global_batch(model_name: str, batch_size: int, image_size: int, device: torch.device,
+                       global_batches: List[int], repeats: int, extra: List[str] = (),
+                       clock=time.perf_counter, on_row: Optional[Callable[[dict], None]] = None) -> List[dict]:
+    """LightCLIP loss (instance and token terms) forward + backward at simulated global batch sizes."""
+    model, loss, _ = build_arm("lightclip all", model_name, image_size, device, extra)
+    images, texts = _batch(model_name, batch_size, image_size, device)
+    with torch.no_grad():
+        out = model(images, texts)
+    rows = []
+    for global_batch in global_batches:
+        world = max(1, global_batch // batch_size)
+        loss.local_loss = True
+        loss._gather = _SimulatedGather(world)
+        for term in ("instance", "token"):
+            loss.instance_weight, loss.token_weight, loss.mlm_weight = float(term == "instance"), float(term == "token"), 0.0
+            leaves = {k: (v.detach().clone().requires_grad_(v.is_floating_point() and v.dim() > 0)
+                          if torch.is_tensor(v) else v) for k, v in out.items()}
+
+            def run_once():
+                value = loss(**leaves, output_dict=True)
+                sum(value.values()).backward()
+
+            if not rows:
+                run_once()  # warm-up
+            timings, peaks = [], []
+            for _ in range(repeats):  # memory measured on the timed calls: at 16k one call takes minutes
+                sync_device(device)
+                start = clock()
+                peaks.append(measure_peak(run_once, device))
+                sync_device(device)
+                timings.append(clock() - start)
+            rows.append({"global_batch": world * batch_size, "term": term, "loss_s": statistics.median(timings),
+                         "peak_mib": None if None in peaks else max(peaks)})
+            if on_row is not None:
+                on_row(rows[-1])
+    return rows
+
+
+def _fmt(value, pattern: str) -> str:
+    return "n/a" if value is None else format(value, pattern)
+
+
+def steps_table(rows: List[dict]) -> str:
+    lines = ["| arm | step (s, median) | ratio to clip | samples/s | peak memory (MiB) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['step_s']:.3f} ± {r['spread_s']:.3f} | {r['ratio']:.2f}x | "
+                     f"{r['samples_per_s']:.1f} | {_fmt(r['peak_mib'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def global_table(rows: List[dict]) -> str:
+    lines = ["| simulated global batch | term | loss fwd+bwd (s) | peak memory (MiB) |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['global_batch']} | {r['term']} | {r['loss_s']:.3f} | {_fmt(r['peak_mib'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        print(f"error: unknown arm(s) {unknown}; choose from {list(ARMS)}")
+        return 2
+    extra = list(args.trainer_args or [])
+    if args.clock == "cpu" and device.type != "cpu":
+        print("error: --clock cpu measures this process's CPU time; use it with --device cpu")
+        return 2
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"model {args.model}, batch {args.batch_size}, {args.image_size} px, device {device}, "
+          f"torch threads {torch.get_num_threads()}, {args.clock} clock, "
+          f"{args.repeats} timed rounds after {args.warmup} warm-up\n", flush=True)
+    if not args.global_batch:
+        print(steps_table(bench_steps(args.arms, args.model, args.batch_size, args.image_size, device,
+                                      args.repeats, args.warmup, extra, clock)))
+    else:
+        header = global_table([]).splitlines()
+        print("\n".join(header), flush=True)  # rows as they come: the largest batches take minutes
+        bench_global_batch(args.model, args.batch_size, args.image_size, device, args.global_batch, args.repeats,
+                           extra, clock, on_row=lambda row: print(global_table([row]).splitlines()[-1], flush=True))
+    return 0
+
+
