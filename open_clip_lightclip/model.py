@@ -121,13 +121,22 @@ class LightCLIP(nn.Module):
         per-position outputs back to L with zeros. With CLIP's causal mask and EOT pooling the
         results are identical; the cost of the text tower drops with the caption length.
         """
-        if not (trim and self.text_trim_is_exact()):
+        length = self.trimmed_length(text) if trim else text.shape[1]
+        return self._forward_text(text, length)
+
+    def trimmed_length(self, text: torch.Tensor) -> int:
+        """Positions the text tower must run: up to the batch's last EOT when that is exact, else all."""
+        if not self.text_trim_is_exact():
+            return text.shape[1]
+        return int(text.argmax(dim=-1).max()) + 1
+
+    def _forward_text(self, text: torch.Tensor, length: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        full_length = text.shape[1]
+        if length == full_length:
             return self.text(text)
         from open_clip.transformer import text_global_pool
 
         tower = self.text
-        full_length = text.shape[1]
-        length = int(text.argmax(dim=-1).max()) + 1
         text = text[:, :length]
         cast_dtype = tower.transformer.get_cast_dtype()
         x = tower.token_embedding(text).to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
@@ -173,7 +182,8 @@ class LightCLIP(nn.Module):
         ``mlm_mask`` fixes the masking (see ``train_heads.mask_tokens``), e.g. in tests.
         """
         image_features, image_tokens = self.visual.forward_tokens(image)
-        text_features, text_tokens = self.forward_text(text, trim=self.trim_text)
+        length = self.trimmed_length(text) if self.trim_text else text.shape[1]  # once for both text passes
+        text_features, text_tokens = self._forward_text(text, length)
         word_mask = text_word_mask(text, self.text.pad_id)
         out = {
             "image_features": F.normalize(image_features, dim=-1),
@@ -187,9 +197,6 @@ class LightCLIP(nn.Module):
         if heads.cfg.token:
             out["image_tokens"], out["text_tokens"] = heads.project_tokens(image_tokens, text_tokens)
         if heads.cfg.mlm:
-            length = text.shape[1]
-            if self.trim_text and self.text_trim_is_exact():  # no position past the last EOT matters
-                length = int(text.argmax(dim=-1).max()) + 1
             if mlm_mask is not None:
                 mlm_mask = tuple(m[:, :length] for m in mlm_mask)
             out.update(heads.mlm(self.text, text[:, :length], word_mask[:, :length], image_tokens, mlm_mask))
