@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml open_clip_lightclip.pth
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -18,6 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/open-clip-lightclip demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports  # the rooms' import contract (pyproject.toml [tool.importlinter])
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 clean:

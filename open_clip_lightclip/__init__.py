@@ -8,17 +8,17 @@ import os as _os
 from .version import __version__
 
 _LAZY = {
-    "LightCLIP": "model",
-    "TimmCNNTower": "towers",
+    "LightCLIP": "models",
+    "TimmCNNTower": "models",
     "register_loss": "losses",
     "create_loss": "losses",
     "list_losses": "losses",
-    "register_model_class": "model",
-    "get_model_class": "model",
+    "register_model_class": "models",
+    "get_model_class": "models",
 }
 
 if _os.environ.get("OPEN_CLIP_LIGHTCLIP_DISABLE", "0").lower() not in ("1", "true", "yes"):
-    from . import _autoload  # noqa: F401  (installs the import hook; imports no torch)
+    from .upstream import autoload  # noqa: F401  (installs the import hook; imports no torch)
 
 
 def __getattr__(name):

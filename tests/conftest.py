@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from open_clip_lightclip.trainer_cmd import trainer_command
-from open_clip_lightclip.shards import write_synthetic_shards
+from open_clip_lightclip.upstream.trainer_cmd import trainer_command
+from open_clip_lightclip.data.synthetic import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,6 @@ def train(tiny_shards, tmp_path):
 def _no_pending_trainer_args():
     """A test that parses trainer flags in-process must not configure the next test's model."""
     yield
-    from open_clip_lightclip import integration
+    from open_clip_lightclip.upstream import hooks
 
-    integration._PENDING_TRAINER_ARGS = None
+    hooks._PENDING_TRAINER_ARGS = None

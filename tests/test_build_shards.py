@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from open_clip_lightclip import datasets as ds
+from open_clip_lightclip.data import shards as ds_shards, sources as ds_sources
 from open_clip_lightclip.cli import main
 
 
@@ -37,7 +37,7 @@ def folder(tmp_path):
 
 
 def _samples(out: Path, split: str):
-    return [s for p in sorted(out.glob(f"{split}-*.tar")) for s in ds.read_shard_samples(str(p))]
+    return [s for p in sorted(out.glob(f"{split}-*.tar")) for s in ds_shards.read_shard_samples(str(p))]
 
 
 def _build(*argv):
@@ -91,20 +91,20 @@ def test_never_overwrites_existing_shards(folder, tmp_path, capsys):
 
 def test_split_is_deterministic_and_independent_of_order(tmp_path):
     keys = [f"item{i}" for i in range(2000)]
-    held = {k for k in keys if ds.is_heldout(k, 0.1)}
+    held = {k for k in keys if ds_shards.is_heldout(k, 0.1)}
     assert 150 < len(held) < 250
-    assert held == {k for k in reversed(keys) if ds.is_heldout(k, 0.1)}
-    assert held != {k for k in keys if ds.is_heldout(k, 0.1, seed=1)}
+    assert held == {k for k in reversed(keys) if ds_shards.is_heldout(k, 0.1)}
+    assert held != {k for k in keys if ds_shards.is_heldout(k, 0.1, seed=1)}
 
     src = tmp_path / "src"
     for i in range(30):
         _image(src / f"img{i}.png", (i * 8, 0, 0))
         (src / f"img{i}.txt").write_text(f"picture {i}")
-    records = list(ds.folder_records(src))
-    a = ds.build_shards(records, tmp_path / "a", image_size=16, heldout_fraction=0.3, progress=False)
-    b = ds.build_shards(list(reversed(records)), tmp_path / "b", image_size=16, heldout_fraction=0.3,
+    records = list(ds_sources.folder_records(src))
+    a = ds_shards.build_shards(records, tmp_path / "a", image_size=16, heldout_fraction=0.3, progress=False)
+    b = ds_shards.build_shards(list(reversed(records)), tmp_path / "b", image_size=16, heldout_fraction=0.3,
                         progress=False)
-    c = ds.build_shards(records[:15], tmp_path / "c", image_size=16, heldout_fraction=0.3, progress=False,
+    ds_shards.build_shards(records[:15], tmp_path / "c", image_size=16, heldout_fraction=0.3, progress=False,
                         workers=2)
 
     def heldout_captions(d):
@@ -182,7 +182,7 @@ def test_openclipart_captions_and_dropped_folders(tmp_path):
     os.symlink("../apple_01.png", root / "png" / "food" / "fruit" / "apple_01.png")  # a duplicate
     _image(root / "png" / "food" / "no_svg_pizza_01.png")  # no SVG: caption from the file name
 
-    records = {r.key: r for r in ds.openclipart_records(root)}
+    records = {r.key: r for r in ds_sources.openclipart_records(root)}
     assert set(records) == {"animals/birds/bird_of_peace_01", "food/apple_01", "unsorted/thing_01",
                             "food/no_svg_pizza_01"}
     assert records["animals/birds/bird_of_peace_01"].caption == "bird of peace: animal"
@@ -224,8 +224,8 @@ def write_fake_fashion_mnist(root: Path, n: int = 20):
 
 def test_fashion_mnist_reader(tmp_path):
     root = write_fake_fashion_mnist(tmp_path / "fm", n=20)
-    images, labels, classes = ds.fashion_mnist("test", root)
+    images, labels, classes = ds_sources.fashion_mnist("test", root)
     assert images.shape == (20, 28, 28) and labels.tolist() == [i % 10 for i in range(20)]
     assert len(classes) == 10 and classes[9] == "ankle boot"
     with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
-        ds.fashion_mnist("test", tmp_path / "none")
+        ds_sources.fashion_mnist("test", tmp_path / "none")

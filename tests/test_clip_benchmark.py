@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from open_clip_lightclip.cli import main as cli_main
-from open_clip_lightclip.benchmark_data import DEFAULT_TEMPLATES
-from open_clip_lightclip.model import TRAINING_ONLY_MODULES
-from open_clip_lightclip.shards import synthetic_samples
+from open_clip_lightclip.data.benchmark_sets import DEFAULT_TEMPLATES
+from open_clip_lightclip.models import TRAINING_ONLY_MODULES
+from open_clip_lightclip.data.synthetic import synthetic_samples
 
 from conftest import subprocess_env
 
@@ -92,7 +92,7 @@ def test_zeroshot_accuracy_survives_numpy_scalar_conversion_rule():
     """NumPy 2.4 rejects float() of a 1-element array (2.3 warns): the plugin's shim avoids it."""
     from clip_benchmark.metrics import zeroshot_classification as zc
 
-    assert hasattr(zc.accuracy, "__wrapped__"), "open_clip_lightclip.integration did not patch accuracy"
+    assert hasattr(zc.accuracy, "__wrapped__"), "open_clip_lightclip.upstream.hooks did not patch accuracy"
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.3, 0.4, 0.35]])
     target = torch.tensor([1, 0, 0, 2])
     with warnings.catch_warnings():

@@ -11,7 +11,7 @@ from dist_utils import run_distributed
 from open_clip_lightclip.losses import create_loss, get_loss_entry, list_losses
 from open_clip_lightclip.losses.cliplite import (
     ClipLiteLoss, build_prior, negative_indices, random_derangement)
-from open_clip_lightclip.model import TRAINING_ONLY_MODULES
+from open_clip_lightclip.models import TRAINING_ONLY_MODULES
 
 
 def sp(x: float) -> float:

@@ -7,8 +7,8 @@ import torch
 
 from conftest import run_python
 from open_clip_lightclip.cli import main
-from open_clip_lightclip.commands import demo
-from open_clip_lightclip.shards import synthetic_samples
+from open_clip_lightclip.studies import evaluate, report
+from open_clip_lightclip.data.synthetic import synthetic_samples
 from test_build_shards import write_fake_fashion_mnist
 
 
@@ -23,7 +23,7 @@ def test_help_documents_the_budget_knobs(capsys):
 
 def test_recall_at_k_matches_upstream_definition():
     sim = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.7, 0.0], [0.0, 0.5, 0.4]])
-    r = demo.recall_at_k(sim, ks=(1, 2, 3))
+    r = evaluate.recall_at_k(sim, ks=(1, 2, 3))
     assert r == {1: pytest.approx(1 / 3), 2: pytest.approx(1.0), 3: pytest.approx(1.0)}
 
 
@@ -34,7 +34,7 @@ def test_table_shows_mean_and_spread_over_seeds():
         command_line = "open-clip-lightclip demo --seeds 0 1 2"
 
     def run(arm, seed, r1):
-        e = {k: r1 for k, _ in demo.METRICS}
+        e = {k: r1 for k, _ in report.METRICS}
         return {"arm": arm, "seed": seed, "eval": e, "train_seconds": 10.0}
 
     runs = [run("clip", s, v) for s, v in zip(range(3), (0.10, 0.20, 0.30))]
@@ -42,7 +42,7 @@ def test_table_shows_mean_and_spread_over_seeds():
     runs += [run("lightclip", s, v) for s, v in zip(range(3), (0.15, 0.25, 0.35))]
     data = {"images": [None] * 50, "categories": ["a"] * 30 + ["b"] * 20, "classes": ["a", "b"]}
     info = {"written": {"train": 100, "heldout": 50}, "source": "test"}
-    table = demo.summarize(Args, info, runs, ["nope"], data, 60.0)
+    table = report.summarize(Args, info, runs, ["nope"], data, 60.0)
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines() if line.startswith("| ")}
     assert rows["clip"][0].strip() == "20.0 ± 10.0" and rows["cliplite"][0].strip() == "50.0 ± 10.0"
     assert rows["*chance*"][:3] == [" 2.0 ", " 10.0 ", " 20.0 "] and rows["*chance*"][6].strip() == "50.0"

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from open_clip_lightclip.checkpoint import CheckpointError, read_state_dict
+from open_clip_lightclip.models.checkpoint import CheckpointError, read_state_dict
 from open_clip_lightclip.cli import main as cli_main
 from open_clip_lightclip.export import CONFIG_NAME, IMAGE_ONNX, TEXT_ONNX, WEIGHTS_NAME, export_checkpoint
 from open_clip_lightclip.losses import list_losses
-from open_clip_lightclip.model import TRAINING_ONLY_MODULES
+from open_clip_lightclip.models import TRAINING_ONLY_MODULES
 
 RUNNER = Path(__file__).with_name("train_and_embed.py")
 MODEL = "LightCLIP-Tiny"

@@ -3,7 +3,6 @@ import itertools
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import open_clip
 import pytest
 import torch
@@ -14,9 +13,9 @@ from scipy.optimize import linear_sum_assignment
 from open_clip_lightclip.losses.lightclip import LightCLIPLoss, soft_label_eps, soft_targets
 from open_clip_lightclip.losses.token_matching import (
     hungarian_plan, pair_scores, sinkhorn_plan, token_scores, trim_words)
-from open_clip_lightclip.model import text_word_mask
-from open_clip_lightclip.progress import TrainingProgress
-from open_clip_lightclip.train_heads import LightCLIPTrainCfg, mask_tokens
+from open_clip_lightclip.models import text_word_mask
+from open_clip_lightclip.losses.progress import TrainingProgress
+from open_clip_lightclip.models.train_heads import LightCLIPTrainCfg, mask_tokens
 
 
 def _unit(*shape, seed=0):
@@ -261,7 +260,7 @@ def test_zero_weights_skip_their_modules():
 
 
 def test_fusion_block_is_gated_cross_attention():
-    from open_clip_lightclip.fusion import FusionBlock, ImageKV
+    from open_clip_lightclip.models.fusion import FusionBlock, ImageKV
 
     torch.manual_seed(0)
     kv, block = ImageKV(6, 8, 2), FusionBlock(8, 2)

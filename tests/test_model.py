@@ -4,7 +4,7 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss
 
-from open_clip_lightclip.model import LightCLIP, text_word_mask
+from open_clip_lightclip.models import LightCLIP, text_word_mask
 
 # name -> (embed_dim, token channels C of the last feature map, text width, context length, pooled dim)
 CONFIGS = {

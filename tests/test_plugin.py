@@ -4,13 +4,13 @@ import textwrap
 import pytest
 
 from conftest import run_python
-from open_clip_lightclip.integration import check_open_clip_version
+from open_clip_lightclip.upstream.hooks import check_open_clip_version
 
 PLUGIN_MODELS = ["LightCLIP-EffB0", "LightCLIP-MNv3", "LightCLIP-MNv3-S", "LightCLIP-Tiny"]
 
 
 def test_plain_interpreter_start_does_not_import_torch():
-    proc = run_python(["-c", "import sys; print('torch' in sys.modules, 'open_clip_lightclip._autoload' in sys.modules)"])
+    proc = run_python(["-c", "import sys; print('torch' in sys.modules, 'open_clip_lightclip.upstream.autoload' in sys.modules)"])
     assert proc.stdout.split() == ["False", "True"]
 
 
@@ -28,7 +28,8 @@ def test_import_open_clip_lists_models_without_importing_plugin(tmp_path):
 
 
 def test_env_var_turns_plugin_off(tmp_path):
-    code = "import sys, open_clip; print(any(m.startswith('LightCLIP') for m in open_clip.list_models()), 'open_clip_lightclip' in sys.modules)"
+    code = ("import sys, open_clip; "
+            "print(any(m.startswith('LightCLIP') for m in open_clip.list_models()), 'open_clip_lightclip' in sys.modules)")
     proc = run_python(["-c", code], cwd=tmp_path, OPEN_CLIP_LIGHTCLIP_DISABLE="1")
     assert proc.stdout.split() == ["False", "False"]
 

@@ -5,8 +5,8 @@ import torch
 from open_clip.loss import ClipLoss
 
 from open_clip_lightclip.losses.lightclip import LightCLIPLoss
-from open_clip_lightclip.model import text_word_mask
-from open_clip_lightclip.train_heads import LightCLIPTrainCfg, mask_tokens
+from open_clip_lightclip.models import text_word_mask
+from open_clip_lightclip.models.train_heads import LightCLIPTrainCfg, mask_tokens
 
 CAPTIONS = ["a red circle", "a small blue square on a light blue background", "cat"]
 

@@ -67,7 +67,7 @@ def test_torchrun_with_logs_flag_trains(tiny_shards, tmp_path):
     import shutil
 
     from conftest import run_python
-    from open_clip_lightclip.trainer_cmd import trainer_command
+    from open_clip_lightclip.upstream.trainer_cmd import trainer_command
 
     torchrun = shutil.which("torchrun", path=str(Path(__import__("sys").executable).parent))
     assert torchrun is not None

@@ -1,4 +1,8 @@
-"""Benchmarks behind ``open-clip-lightclip bench NAME``: one module each, exposing ``register(subparsers)``.
+"""Benchmarks: speed and memory tables behind ``open-clip-lightclip bench NAME``.
+
+One module each, exposing ``register(subparsers)``.
+
+May import ``models/``, ``losses/``, ``data/``, ``export/`` and the seam; never ``studies/`` or ``commands/``.
 
 A new ``bench`` subcommand is a new module here; :mod:`open_clip_lightclip.commands.bench` finds it.
 Keep module-level imports light (no torch): the command line imports every module to build ``--help``.

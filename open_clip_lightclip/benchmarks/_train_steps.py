@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from . import sync_device
-from .train import ARMS, MODEL_SETTINGS
+from ._train_arms import ARMS, MODEL_SETTINGS
 
 __all__ = ["build_arm", "bench_steps", "bench_global_batch", "measure_peak", "run"]
 
@@ -75,7 +75,7 @@ def build_arm(name: str, model_name: str, image_size: int, device: torch.device,
 def _batch(model_name: str, batch_size: int, image_size: int, device: torch.device, seed: int = 0):
     import open_clip
 
-    from ..shards import synthetic_samples
+    from ..data.synthetic import synthetic_samples
 
     captions = [caption for _, _, caption in synthetic_samples(batch_size, image_size=8, seed=seed)]
     texts = open_clip.get_tokenizer(model_name)(captions).to(device)

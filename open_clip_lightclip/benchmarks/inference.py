@@ -49,8 +49,8 @@ def exported_lightclip_model(model_name: str, work_dir: Path, checkpoint: Option
     """Build (or load ``checkpoint``), export with :func:`export_model`, reload via ``local-dir:``."""
     import open_clip
 
-    from ..export import _model_cfg, export_model
-    from ..checkpoint import read_state_dict
+    from ..export.inference import _model_cfg, export_model
+    from ..models.checkpoint import read_state_dict
 
     state_dict = read_state_dict(checkpoint) if checkpoint else {}
     model_cfg = _model_cfg(model_name, {}, state_dict)

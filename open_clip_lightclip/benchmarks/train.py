@@ -15,26 +15,9 @@ On the CPU, freed heap is returned to the OS (``malloc_trim``) before each measu
 so the peak counts what the call itself allocates, not what an earlier call left cached.
 """
 import argparse
-from typing import Dict, List
+from ._train_arms import ARMS
 
-__all__ = ["ARMS", "MODEL_SETTINGS", "run", "register"]
-
-# arm name -> trainer flags
-ARMS: Dict[str, List[str]] = {
-    "clip": ["--loss", "clip"],
-    "siglip": ["--loss", "siglip"],
-    "lightclip instance": ["--loss", "lightclip", "--lightclip-token-weight", "0", "--lightclip-mlm-weight", "0"],
-    "lightclip token": ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0"],
-    "lightclip mlm": ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0"],
-    "lightclip all": ["--loss", "lightclip"],
-    "cliplite": ["--loss", "cliplite"],
-    "clip untrimmed": ["--loss", "clip"],
-}
-# attributes set on an arm's model after it is built
-MODEL_SETTINGS: Dict[str, dict] = {
-    # the text tower on all context_length positions: the step upstream OpenCLIP's CLIP runs
-    "clip untrimmed": {"trim_text": False},
-}
+__all__ = ["run", "register"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def _read_lines(path) -> list:
-    from ..benchmark_data import BenchmarkDataError
+    from ..data.benchmark_sets import BenchmarkDataError
 
     path = Path(path)
     if not path.is_file():
@@ -14,7 +14,7 @@ def _read_lines(path) -> list:
 
 
 def _cmd_build_benchmark(args: argparse.Namespace) -> int:
-    from .. import benchmark_data as bd
+    from ..data import benchmark_sets as bd
 
     try:
         if args.captions:

@@ -30,33 +30,33 @@ example:
 
 
 def _cmd_build_shards(args: argparse.Namespace) -> int:
-    from .. import datasets as ds
+    from ..data import shards, sources
 
-    stats = ds.BuildStats()
+    stats = sources.BuildStats()
     if args.source == "folder":
         if not args.path or not Path(args.path).is_dir():
             print(f"error: folder source needs an existing folder, got {args.path!r}", file=sys.stderr)
             return 2
-        records = ds.folder_records(args.path, stats)
+        records = sources.folder_records(args.path, stats)
     elif args.source == "csv":
         if not args.path or not Path(args.path).is_file():
             print(f"error: csv source needs an existing CSV/TSV file, got {args.path!r}", file=sys.stderr)
             return 2
-        records = ds.csv_records(args.path, args.csv_img_key, args.csv_caption_key, args.csv_separator,
+        records = sources.csv_records(args.path, args.csv_img_key, args.csv_caption_key, args.csv_separator,
                                  args.csv_category_key, stats)
     else:
-        root = Path(args.path or ds.OPENCLIPART_ROOT)
+        root = Path(args.path or sources.OPENCLIPART_ROOT)
         if not (root / "png").is_dir():
             print(f"error: {root / 'png'} not found; install the clip art with:\n"
                   f"  apt-get install -y openclipart-png openclipart-svg", file=sys.stderr)
             return 2
-        records = ds.openclipart_records(root, stats)
+        records = sources.openclipart_records(root, stats)
     try:
         print(f"[build-shards] reading {args.source} {args.path or ''}".rstrip(), flush=True)
         records = list(records)
         if args.max_samples:
             records = records[:args.max_samples]
-        info = ds.build_shards(
+        info = shards.build_shards(
             records, args.out, image_size=args.image_size, heldout_fraction=args.heldout_fraction,
             split_seed=args.split_seed, samples_per_shard=args.samples_per_shard, image_format=args.format,
             resize=args.resize, stats=stats, progress=not args.no_progress, workers=args.workers,

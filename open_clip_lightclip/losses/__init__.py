@@ -1,6 +1,8 @@
-"""Training objectives, each an ``nn.Module`` returning a dict of named loss terms.
+"""Losses: training objectives (each an ``nn.Module`` returning named terms), token matching, gathering, training progress.
 
-Importing this package registers every objective with the ``--loss`` registry.
+Plain PyTorch; may import ``models/`` (the training-only heads' configs), never the seam,
+``export/``, ``studies/``, ``benchmarks/`` or ``commands/``. Importing this package registers
+every objective with the ``--loss`` registry.
 """
 from .registry import LossEntry, create_loss, get_loss_entry, list_losses, register_loss
 

@@ -36,14 +36,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_loss
-from ..progress import PROGRESS
+from .progress import PROGRESS
 
 __all__ = [
     "ClipLiteLoss", "PriorDiscriminator", "random_derangement", "negative_indices", "jsd_loss",
     "PRIOR_MODULE_NAME",
 ]
 
-PRIOR_MODULE_NAME = "cliplite_prior"  # listed in open_clip_lightclip.model.TRAINING_ONLY_MODULES
+PRIOR_MODULE_NAME = "cliplite_prior"  # listed in open_clip_lightclip.models.registry.TRAINING_ONLY_MODULES
 DIRECTIONS = ("both", "image-to-text", "text-to-image")
 PRIOR_ON = ("image", "text", "both")
 PRIOR_GRAD = ("reverse", "shared")
@@ -183,7 +183,7 @@ class ClipLiteLoss(nn.Module):
         self.rank = rank
         self.world_size = world_size
         self.calls = 0
-        self.progress = progress  # the trainer's step (open_clip_lightclip.progress.PROGRESS), when it runs
+        self.progress = progress  # the trainer's step (open_clip_lightclip.losses.progress.PROGRESS), when it runs
 
     def step_generator(self, step: int) -> torch.Generator:
         """CPU generator for the negatives of optimizer step ``step`` (same on every rank)."""

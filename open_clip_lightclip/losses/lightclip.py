@@ -70,7 +70,7 @@ class LightCLIPLoss(nn.Module):
     """Instance (progressive soft labels) + token (bipartite matching) + MLM terms.
 
     ``progress`` is any object with a ``fraction`` attribute in [0, 1] (the trainer's
-    :data:`open_clip_lightclip.progress.PROGRESS` by default).
+    :data:`open_clip_lightclip.losses.progress.PROGRESS` by default).
     """
 
     def __init__(
@@ -106,7 +106,7 @@ class LightCLIPLoss(nn.Module):
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.rank, self.world_size = rank, world_size
         if progress is None:
-            from ..progress import PROGRESS as progress
+            from .progress import PROGRESS as progress
         self.progress = progress
         self._logged_schedule = False
 
@@ -249,7 +249,7 @@ def _check_args(args) -> None:
 
 
 def _configure_model(model, args) -> None:
-    from ..train_heads import LightCLIPTrainCfg
+    from ..models.train_heads import LightCLIPTrainCfg
 
     token, mlm = args.lightclip_token_weight > 0, args.lightclip_mlm_weight > 0
     if not (token or mlm):

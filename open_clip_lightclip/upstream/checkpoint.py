@@ -1,7 +1,7 @@
 """Loading trainer checkpoints for inference: what ``pretrained='epoch_N.pt'`` goes through.
 
 :func:`load_checkpoint` wraps OpenCLIP's ``factory.load_checkpoint`` (installed by
-:mod:`open_clip_lightclip.integration`) so that
+:mod:`.hooks`) so that
 
 * keys of training-only modules (``TRAINING_ONLY_MODULES``: LightCLIP's fusion blocks / MLM
   head / token projections, CLIP-Lite's prior discriminator) that the model being loaded does
@@ -12,82 +12,15 @@
 * a missing, truncated or foreign file stops with a one-line :class:`CheckpointError` naming
   the file and the problem.
 """
-import io
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "read_state_dict", "training_only_module", "load_checkpoint",
-           "TRAINING_ONLY_MODULES"]
+from ..models.checkpoint import CheckpointError, first_line, read_state_dict, training_only_module
 
-from .model import TRAINING_ONLY_MODULES
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded; the message is one line naming the file."""
-
-
-def training_only_module(key: str) -> Optional[str]:
-    """The training-only module a state_dict key belongs to (``module.`` prefix allowed), else None."""
-    key = key[len("module."):] if key.startswith("module.") else key
-    head = key.split(".", 1)[0]
-    return head if head in TRAINING_ONLY_MODULES else None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0].split(". ")[0] if lines else ""
-    text = text if len(text) <= 200 else text[:197] + "..."
-    return f"{type(exc).__name__}: {text}".rstrip(": ")
-
-
-def _torch_load(path: Path, weights_only: bool, mmap: bool):
-    if mmap:  # tensors stay on disk until touched: a cheap look at a large checkpoint
-        try:
-            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
-                raise
-    return torch.load(path, map_location="cpu", weights_only=weights_only)
-
-
-def read_state_dict(path, weights_only: bool = True, mmap: bool = False) -> Dict[str, torch.Tensor]:
-    """The state_dict of a trainer checkpoint (``.pt``), a bare state_dict or a ``.safetensors`` file,
-    with the ``module.`` prefix of DDP runs removed. Raises :class:`CheckpointError`.
-    ``mmap``: memory-map ``torch.save`` files instead of reading them into memory."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (truncated?)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            checkpoint = load_file(str(path), device="cpu")
-        else:
-            checkpoint = _torch_load(path, weights_only, mmap)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {_first_line(e)}") from e
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(
-            f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {_first_line(e)}") from e
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict) or not checkpoint or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint.items()):
-        raise CheckpointError(f"{path}: not a model checkpoint (no state_dict of tensors in it)")
-    if all(k.startswith("module.") for k in checkpoint):
-        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
-    return checkpoint
+__all__ = ["load_checkpoint"]
 
 
 def _examples(keys: List[str], n: int = 2) -> str:
@@ -114,7 +47,7 @@ def _mismatch(path, model: nn.Module, state_dict: Dict[str, torch.Tensor], missi
         parts.append(f"{len(shapes)} shape mismatches (e.g. {k!r}: {_shape(state_dict[k])} in the file, "
                      f"{_shape(own[k])} in the model)")
     if not parts and cause is not None:
-        parts.append(_first_line(cause))
+        parts.append(first_line(cause))
     name = getattr(model, "_lightclip_config_name", None) or type(model).__name__
     return CheckpointError(
         f"{path}: not a checkpoint of this architecture ({name}): " + "; ".join(parts)

@@ -12,7 +12,6 @@ So ``open_clip.create_model_and_transforms('local-dir:OUT_DIR')`` loads it (with
 installed for ``LightCLIP`` configs).
 """
 import ast
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -20,7 +19,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, read_state_dict, training_only_module
+from ..models.checkpoint import CheckpointError, read_state_dict, training_only_module
 
 __all__ = ["ExportError", "ExportReport", "export_checkpoint", "export_model", "export_onnx", "run_params",
            "CONFIG_NAME", "WEIGHTS_NAME", "IMAGE_ONNX", "TEXT_ONNX"]

@@ -21,6 +21,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
+from .shards import add_tar_member
+
 __all__ = ["DEFAULT_TEMPLATES", "IMAGE_EXTENSIONS", "write_classification", "write_retrieval",
            "classification_from_folder", "classification_from_labels", "retrieval_from_captions",
            "BenchmarkDataError"]
@@ -74,12 +76,6 @@ def _prepare(out_dir, split: str, force: bool) -> Path:
     return split_dir
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), mtime
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _write_tars(split_dir: Path, samples: Iterable[Tuple[ImageLike, str, bytes]], samples_per_shard: int) -> int:
     """Write (image, member suffix, payload) samples to 0.tar, 1.tar, ...; return the sample count."""
     tar, count, shards, total, mtime = None, 0, 0, 0, time.time()
@@ -91,8 +87,8 @@ def _write_tars(split_dir: Path, samples: Iterable[Tuple[ImageLike, str, bytes]]
             shards += 1
         data, ext = _image_bytes(image)
         key = f"s{total:07d}"
-        _add(tar, f"{key}.{ext}", data, mtime)
-        _add(tar, f"{key}.{suffix}", payload, mtime)
+        add_tar_member(tar, f"{key}.{ext}", data, mtime)
+        add_tar_member(tar, f"{key}.{suffix}", payload, mtime)
         count += 1
         total += 1
     if tar is not None:

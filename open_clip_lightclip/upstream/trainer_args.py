@@ -1,6 +1,6 @@
 """The plugin's ``open_clip_train`` flags: definitions and the checks run right after parsing.
 
-Plain argparse; :mod:`open_clip_lightclip.integration` adds them to upstream's parser.
+Plain argparse; :mod:`.hooks` adds them to upstream's parser.
 """
 import argparse
 import difflib
@@ -9,7 +9,7 @@ __all__ = ["add_args", "check_args"]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    from .losses import get_loss_entry, list_losses
+    from ..losses import get_loss_entry, list_losses
 
     group = parser.add_argument_group("open-clip-lightclip")
     group.add_argument(
@@ -49,7 +49,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error(f"--siglip conflicts with --loss {args.loss}; drop --siglip (or use --loss siglip)")
     if args.loss == "siglip":
         args.siglip = True  # upstream keys the SigLIP logit bias init on --siglip
-    from .losses import get_loss_entry
+    from ..losses import get_loss_entry
 
     entry = get_loss_entry(args.loss)
     if entry.check_args is not None:

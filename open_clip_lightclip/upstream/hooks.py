@@ -1,14 +1,14 @@
 """The one place where upstream code is patched.
 
-Called by the import hook in :mod:`open_clip_lightclip._autoload` right after a hooked
-module (``_autoload._HOOKS``) has executed. It adds what upstream lacks:
+Called by the import hook in :mod:`.autoload` right after a hooked
+module (``autoload._HOOKS``) has executed. It adds what upstream lacks:
 
 * ``open_clip``: our model configs (``model_configs/``); a model class chosen by the config
   key ``"model_class"`` (upstream builds ``CLIP``); a loss registry behind ``--loss``
   (upstream's ``create_loss`` when the flag is absent); checkpoint loading that ignores
   training-only modules (:mod:`.checkpoint`);
 * ``open_clip_train.params``: the plugin's trainer flags and their checks;
-* ``open_clip_train.scheduler``: the trainer's step / total steps (:mod:`.progress`);
+* ``open_clip_train.scheduler``: the trainer's step / total steps (:mod:`open_clip_lightclip.losses.progress`);
 * ``clip_benchmark``: its zero-shot accuracy under NumPy 2.4;
 * ``torch.distributed.run``: torchrun's parser no longer rejects ``--logs`` as ambiguous.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 SUPPORTED_OPEN_CLIP = ((3, 3), (3, 4))  # [min, max) as (major, minor)
 SUPPORTED_RANGE = "open_clip_torch>=3.3,<3.4"
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _INSTALLED = set()
 # The trainer's parsed args, from parse_args until the trainer's model is built: the first
 # model built after parsing gets the loss's ``configure_model`` hook (a distillation
@@ -58,7 +58,7 @@ def _build_model(**model_cfg):
     if name is None:
         model = _build_model.upstream_clip(**model_cfg)
     else:
-        from .model import get_model_class
+        from ..models import get_model_class
 
         cls = get_model_class(name)
         logging.info(f"open-clip-lightclip: model_class {name!r} -> {cls.__module__}.{cls.__qualname__}")
@@ -72,7 +72,7 @@ def _configure_trainer_model(model) -> None:
     args, _PENDING_TRAINER_ARGS = _PENDING_TRAINER_ARGS, None
     if args is None:
         return
-    from .losses import get_loss_entry
+    from ..losses import get_loss_entry
 
     entry = get_loss_entry(args.loss)
     if entry.configure_model is not None:
@@ -86,7 +86,7 @@ def _make_create_loss(upstream_create_loss):
         name = getattr(args, "loss", None)
         if name is None:
             return upstream_create_loss(args)
-        from .losses import create_loss as registry_create_loss
+        from ..losses import create_loss as registry_create_loss
 
         return registry_create_loss(name, args)
 
@@ -166,7 +166,7 @@ def install_scheduler(scheduler: types.ModuleType) -> None:
     """Record the trainer's step / total steps (training progress for schedules inside objectives)."""
     if "scheduler" in _INSTALLED:
         return
-    from .progress import PROGRESS
+    from ..losses.progress import PROGRESS
 
     for name in ("cosine_lr", "const_lr", "const_lr_cooldown"):
         setattr(scheduler, name, PROGRESS.wrap_scheduler_factory(getattr(scheduler, name)))

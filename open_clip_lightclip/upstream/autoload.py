@@ -2,14 +2,14 @@
 
 It imports nothing heavy: it only puts a finder on ``sys.meta_path`` that notices when
 ``open_clip`` or ``open_clip_train.params`` is imported and, right after that module has
-executed, hands it to :mod:`open_clip_lightclip.integration` to register the plugin.
+executed, hands it to :mod:`open_clip_lightclip.upstream.hooks` to register the plugin.
 Unrelated programs never import torch because of this package.
 
 Set ``OPEN_CLIP_LIGHTCLIP_DISABLE=1`` to turn the plugin off (checked by the ``.pth``).
 """
 import sys
 
-# module name -> name of the function in open_clip_lightclip.integration to call on it
+# module name -> name of the function in open_clip_lightclip.upstream.hooks to call on it
 _HOOKS = {
     "open_clip": "install_open_clip",
     "open_clip_train.params": "install_params",
@@ -31,9 +31,9 @@ class _HookedLoader:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        from open_clip_lightclip import integration
+        from open_clip_lightclip.upstream import hooks
 
-        getattr(integration, self._hook_name)(module)
+        getattr(hooks, self._hook_name)(module)
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -64,9 +64,9 @@ def install() -> None:
     for name, hook_name in _HOOKS.items():
         module = sys.modules.get(name)
         if module is not None:
-            from open_clip_lightclip import integration
+            from open_clip_lightclip.upstream import hooks
 
-            getattr(integration, hook_name)(module)
+            getattr(hooks, hook_name)(module)
 
 
 install()

@@ -4,42 +4,17 @@ Inference (``encode_image`` / ``encode_text``) is exactly plain CLIP on the same
 When a training objective needs them (``output_tokens = True``), the dict ``forward`` returns
 in training mode also holds the image patch tokens and the text tower's per-position outputs.
 """
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .registry import register_model_class
 from .towers import TimmCNNTower, build_text_tower
 
-__all__ = ["LightCLIP", "register_model_class", "get_model_class", "text_word_mask", "TRAINING_ONLY_MODULES"]
-
-# Attribute names of training-only submodules (objective heads, critics, discriminators) on a
-# model. ``encode_image`` / ``encode_text`` never run them; export drops every state_dict key
-# under them, and inference models are built without them.
-TRAINING_ONLY_MODULES = ("lightclip_train", "cliplite_prior")
-
-_MODEL_CLASSES: Dict[str, Type[nn.Module]] = {}
-
-
-def register_model_class(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
-    """Class decorator: make ``"model_class": name`` in a model config build this class."""
-
-    def _register(cls):
-        _MODEL_CLASSES[name] = cls
-        return cls
-
-    return _register
-
-
-def get_model_class(name: str) -> Type[nn.Module]:
-    try:
-        return _MODEL_CLASSES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model_class {name!r} in model config; known: {sorted(_MODEL_CLASSES)}") from None
-
+__all__ = ["LightCLIP", "text_word_mask"]
 
 def text_word_mask(text: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     """True at real word positions of CLIP-tokenized text: not SOT (position 0), EOT or padding.
