@@ -200,6 +200,7 @@ def _parse(argv):
     (["--cliplite-prior-weight", "-1"], "--cliplite-prior-weight must be >= 0"),
     (["--horovod"], "--loss cliplite does not support --horovod"),
     (["--cliplite-direction", "sideways"], "invalid choice: 'sideways'"),
+    (["--skip-scheduler"], "--skip-scheduler stops the step count that draws CLIP-Lite's negatives"),
 ])
 def test_check_args_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -226,6 +227,19 @@ def test_flag_defaults_and_prior_attached_to_the_trainer_model():
     loss = open_clip.create_loss(args)
     assert loss.prior is model.cliplite_prior and loss.prior_weight == 0.1
     assert (loss.negatives, loss.calls_per_step) == (3, 2)
+
+
+def test_prior_attached_to_custom_text_models_and_never_to_the_next_model_built():
+    """--force-custom-text (and every HF-text / SigLIP config) builds CustomTextCLIP: it gets the prior too,
+    and the model built after it (e.g. a --distill-model teacher) does not."""
+    args = _parse(["--model", "ViT-S-32-alt", "--force-custom-text", "--cliplite-prior-weight", "0.1"])
+    model = open_clip.create_model("ViT-S-32-alt", force_custom_text=True)
+    assert type(model).__name__ == "CustomTextCLIP" and isinstance(model, open_clip.CustomTextCLIP)
+    assert set(model.cliplite_prior) == {"image"}
+    teacher = open_clip.create_model("ViT-S-32-alt")
+    assert not hasattr(teacher, "cliplite_prior")
+    loss = open_clip.create_loss(args)
+    assert loss.prior is model.cliplite_prior and loss.prior_weight == 0.1
 
 
 def test_configure_model_on_an_upstream_clip():

@@ -211,6 +211,7 @@ def test_fusion_injects_the_image_into_mlm():
     model = _model_with_heads()
     for block in model.lightclip_train.fusion.values():
         torch.nn.init.constant_(block.gate, 1.0)
+        torch.nn.init.constant_(block.mlp_gate, 1.0)
     text = open_clip.get_tokenizer("LightCLIP-Tiny")(["a red circle on a white background"])
     mlm_mask = mask_tokens(text, text_word_mask(text), 0.5, generator=torch.Generator().manual_seed(0))
     a = model.forward_train(torch.zeros(1, 3, 64, 64), text, mlm_mask=mlm_mask)["mlm_loss_sum"]
@@ -267,10 +268,23 @@ def test_fusion_block_is_gated_cross_attention():
     x, img = torch.randn(3, 5, 8), torch.randn(3, 7, 6)
     k, v = kv(img)
     assert k.shape == v.shape == (3, 2, 7, 4)
-    mlp_only = x + block.mlp(block.ln_mlp(x))
-    assert torch.allclose(block(x, k, v), mlp_only, atol=1e-6)  # gate 0: attention path off
+    assert torch.equal(block(x, k, v), x)  # both gates 0 at init: exactly the identity
+    x3 = 3 * x  # |x| ~ 3: the ungated MLP path moved such inputs by up to 0.74
+    assert torch.equal(block(x3, k, v), x3)
     torch.nn.init.constant_(block.gate, 0.7)
+    torch.nn.init.constant_(block.mlp_gate, -0.4)
     q = block.q(block.ln_q(x)).view(3, 5, 2, 4).transpose(1, 2)
     attn = ((q @ k.transpose(-1, -2)) / 2.0).softmax(-1) @ v  # scale 1/sqrt(head dim 4)
     y = x + math.tanh(0.7) * block.out(attn.transpose(1, 2).reshape(3, 5, 8))
-    assert torch.allclose(block(x, k, v), y + block.mlp(block.ln_mlp(y)), atol=1e-5)
+    assert torch.allclose(block(x, k, v), y + math.tanh(-0.4) * block.mlp(block.ln_mlp(y)), atol=1e-5)
+
+
+def test_fusion_blocks_leave_the_mlm_pass_unchanged_at_initialisation():
+    """Switching fusion on changes nothing before training: the MLM pass equals the one without fusion blocks."""
+    model = _model_with_heads()
+    text = open_clip.get_tokenizer("LightCLIP-Tiny")(["a red circle on a white background"])
+    mlm_mask = mask_tokens(text, text_word_mask(text), 0.5, generator=torch.Generator().manual_seed(0))
+    images = 3 * torch.randn(1, 3, 64, 64)
+    fused = model.forward_train(images, text, mlm_mask=mlm_mask)["mlm_loss_sum"]
+    model.lightclip_train.fusion = torch.nn.ModuleDict()  # the same pass, fusion blocks removed
+    assert torch.equal(model.forward_train(images, text, mlm_mask=mlm_mask)["mlm_loss_sum"], fused)

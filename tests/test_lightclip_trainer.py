@@ -25,6 +25,11 @@ def _error(capsys, *argv):
     (["--model", "LightCLIP-Tiny", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0",
       "--lightclip-mlm-weight", "0"], "all --lightclip-*-weight are 0"),
     (["--model", "LightCLIP-Tiny", "--skip-scheduler"], "--skip-scheduler stops the step count"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-sinkhorn-iters", "0"], "--lightclip-sinkhorn-iters must be >= 1, got 0"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-sinkhorn-eps", "0"], "--lightclip-sinkhorn-eps must be > 0, got 0.0"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-sinkhorn-eps", "-0.1"], "--lightclip-sinkhorn-eps must be > 0"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-token-chunk", "0"], "--lightclip-token-chunk must be >= 1"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-token-dim", "0"], "--lightclip-token-dim must be >= 1, got 0"),
 ])
 def test_bad_combinations_stop_before_training(capsys, argv, message):
     assert message in _error(capsys, *argv)

@@ -281,6 +281,9 @@ def _add_args(group) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if getattr(args, "horovod", False):
         raise ValueError("--loss cliplite does not support --horovod; use torchrun / srun (torch.distributed)")
+    if getattr(args, "skip_scheduler", False):
+        raise ValueError("--skip-scheduler stops the step count that draws CLIP-Lite's negatives; drop it "
+                         "(--lr-scheduler const keeps the learning rate constant)")
     if args.cliplite_negatives < 1:
         raise ValueError(f"--cliplite-negatives must be >= 1, got {args.cliplite_negatives}")
     # the trainer sets args.world_size later; torchrun / srun announce it in the environment

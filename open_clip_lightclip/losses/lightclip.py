@@ -243,9 +243,19 @@ def _check_args(args) -> None:
         raise ValueError(f"--lightclip-fusion-layers {bad} don't exist: {args.model}'s text tower has layers 1..{layers}")
     if getattr(args, "horovod", False):
         raise ValueError("--loss lightclip does not support --horovod; use torchrun / srun (DDP)")
+    if args.lightclip_sinkhorn_iters < 1:
+        raise ValueError(f"--lightclip-sinkhorn-iters must be >= 1, got {args.lightclip_sinkhorn_iters} "
+                         "(10 is within 1e-5 of convergence at eps 0.05)")
+    if not args.lightclip_sinkhorn_eps > 0:
+        raise ValueError(f"--lightclip-sinkhorn-eps must be > 0, got {args.lightclip_sinkhorn_eps} "
+                         "(for exact one-to-one matching use --lightclip-matching hungarian)")
+    if args.lightclip_token_chunk < 1:
+        raise ValueError(f"--lightclip-token-chunk must be >= 1 similarity elements, got {args.lightclip_token_chunk}")
+    if args.lightclip_token_dim < 1:
+        raise ValueError(f"--lightclip-token-dim must be >= 1, got {args.lightclip_token_dim}")
     if getattr(args, "skip_scheduler", False) and args.lightclip_soft_label_max > 0:
-        raise ValueError("--skip-scheduler stops the step count the soft-label schedule follows; "
-                         "drop it or set --lightclip-soft-label-max 0")
+        raise ValueError("--skip-scheduler stops the step count the soft-label schedule follows; drop it "
+                         "(--lr-scheduler const keeps the learning rate constant) or set --lightclip-soft-label-max 0")
 
 
 def _configure_model(model, args) -> None:

@@ -3,8 +3,6 @@
 Plain PyTorch. ``training_only_module`` tells which keys belong to training-only modules
 (:data:`~.registry.TRAINING_ONLY_MODULES`), which inference models do not have.
 """
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -12,7 +10,7 @@ import torch
 
 from .registry import TRAINING_ONLY_MODULES
 
-__all__ = ["CheckpointError", "read_state_dict", "training_only_module", "first_line"]
+__all__ = ["CheckpointError", "read_state_dict", "training_only_module", "first_line", "unreadable"]
 
 
 class CheckpointError(RuntimeError):
@@ -31,6 +29,11 @@ def first_line(exc: BaseException) -> str:
     text = lines[0].split(". ")[0] if lines else ""
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def unreadable(path, exc: BaseException) -> CheckpointError:
+    """The one-line error for a file that exists but cannot be read as a checkpoint."""
+    return CheckpointError(f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {first_line(exc)}")
 
 
 def _torch_load(path: Path, weights_only: bool, mmap: bool):
@@ -61,13 +64,8 @@ def read_state_dict(path, weights_only: bool = True, mmap: bool = False) -> Dict
             checkpoint = load_file(str(path), device="cpu")
         else:
             checkpoint = _torch_load(path, weights_only, mmap)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {first_line(e)}") from e
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(
-            f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {first_line(e)}") from e
+    except Exception as e:  # torch.load / pickle / zip / safetensors: each raises its own types
+        raise unreadable(path, e) from e
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict) or not checkpoint or not all(

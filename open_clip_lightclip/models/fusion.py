@@ -35,15 +35,17 @@ class ImageKV(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """``x + tanh(gate) * out(attn(q(LN(x)), k, v))``, then ``x + MLP(LN(x))``.
+    """``x + tanh(gate) * out(attn(q(LN(x)), k, v))``, then ``x + tanh(mlp_gate) * MLP(LN(x))``.
+
+    Flamingo's gated cross-attention dense block (Alayrac et al., 2022): both residual paths
+    are gated, so with ``gate_init=0`` the block is exactly the identity at initialisation and
+    switching fusion on never disturbs the text tower.
 
     Args:
         width: text width (queries and output).
         heads: attention heads (must match the ``ImageKV``).
         mlp_ratio: hidden size of the MLP relative to ``width``.
-        gate_init: initial value of the learnable gate (0: the block starts as the identity
-            on the attention path, so switching fusion on never disturbs the text tower at
-            initialisation; Flamingo-style).
+        gate_init: initial value of both learnable gates (attention and MLP paths).
     """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 2.0, gate_init: float = 0.0):
@@ -56,6 +58,7 @@ class FusionBlock(nn.Module):
         self.ln_mlp = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.mlp_gate = nn.Parameter(torch.tensor(float(gate_init)))
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """x: (B, L, W) text; k, v: (B, heads, N, W // heads) from ``ImageKV``."""
@@ -63,4 +66,4 @@ class FusionBlock(nn.Module):
         q = self.q(self.ln_q(x)).view(b, length, self.heads, -1).transpose(1, 2)
         attended = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
         x = x + self.gate.tanh() * self.out(attended.transpose(1, 2).reshape(b, length, width))
-        return x + self.mlp(self.ln_mlp(x))
+        return x + self.mlp_gate.tanh() * self.mlp(self.ln_mlp(x))

@@ -15,6 +15,7 @@ _HOOKS = {
     "open_clip_train.params": "install_params",
     "clip_benchmark.metrics.zeroshot_classification": "install_clip_benchmark_zeroshot",
     "open_clip_train.scheduler": "install_scheduler",
+    "open_clip_train.file_utils": "install_file_utils",
     "torch.distributed.run": "install_torchrun",
 }
 

@@ -5,13 +5,16 @@
 
 * keys of training-only modules (``TRAINING_ONLY_MODULES``: LightCLIP's fusion blocks / MLM
   head / token projections, CLIP-Lite's prior discriminator) that the model being loaded does
-  not have are ignored, and a model that has them may load a checkpoint without them;
-  every other key must still match exactly (upstream's ``strict=True``);
+  not have are ignored, and a model that has them may load a checkpoint without them or with
+  other shapes of them (fine-tuning with another ``--lightclip-token-dim``: those tensors keep
+  the model's own initialisation, with a warning); every other key must still match exactly
+  (upstream's ``strict=True``);
 * a checkpoint trained with a SigLIP loss (``logit_bias`` in the file) loads into a model
   built without ``init_logit_bias``;
 * a missing, truncated or foreign file stops with a one-line :class:`CheckpointError` naming
   the file and the problem.
 """
+import logging
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -54,6 +57,15 @@ def _mismatch(path, model: nn.Module, state_dict: Dict[str, torch.Tensor], missi
         + " (pick the --model / model name the checkpoint was trained with)")
 
 
+def _skipping(load_state_dict, keys):
+    """``load_state_dict`` that leaves ``keys`` out of the state_dict it is given."""
+
+    def load(state_dict, strict: bool = True, assign: bool = False):
+        return load_state_dict({k: v for k, v in state_dict.items() if k not in keys}, strict=strict, assign=assign)
+
+    return load
+
+
 def load_checkpoint(upstream, model: nn.Module, checkpoint_path, strict: bool = True, weights_only: bool = True,
                     device="cpu"):
     """OpenCLIP's ``load_checkpoint`` (``upstream``), tolerant of training-only modules only."""
@@ -62,16 +74,27 @@ def load_checkpoint(upstream, model: nn.Module, checkpoint_path, strict: bool = 
     state_dict = read_state_dict(checkpoint_path, weights_only=weights_only, mmap=True)  # no second copy in memory
     if "logit_bias" in state_dict and getattr(model, "logit_bias", False) is None:
         # trained with a SigLIP loss (upstream builds such models with init_logit_bias)
-        model.logit_bias = nn.Parameter(torch.zeros_like(state_dict["logit_bias"]))
+        model.logit_bias = nn.Parameter(torch.zeros_like(state_dict["logit_bias"], device=next(model.parameters()).device))
+    own = model.state_dict()
+    stale = {k for k, v in state_dict.items()
+             if training_only_module(k) and k in own and tuple(own[k].shape) != tuple(v.shape)}
+    if stale:
+        k = sorted(stale)[0]
+        logging.warning(f"{checkpoint_path}: {len(stale)} tensor(s) of training-only modules have other shapes in "
+                        f"the file than in the model (e.g. {k!r}: {_shape(state_dict[k])} in the file, {_shape(own[k])} "
+                        "in the model); they keep the model's own initialisation")
+        model.load_state_dict = _skipping(model.load_state_dict, stale)  # the one upstream is about to call
     try:
         incompatible = upstream(model, checkpoint_path, strict=False, weights_only=weights_only, device=device)
     except CheckpointError:
         raise
     except Exception as e:
-        own = model.state_dict()
         raise _mismatch(checkpoint_path, model, state_dict,
                         [k for k in own if k not in state_dict and not training_only_module(k)],
                         [k for k in state_dict if k not in own and not training_only_module(k)], e) from e
+    finally:
+        if stale:
+            del model.load_state_dict  # back to the class's method
     missing = [k for k in incompatible.missing_keys if not training_only_module(k)]
     unexpected = [k for k in incompatible.unexpected_keys if not training_only_module(k)]
     if strict and (missing or unexpected):

@@ -4,11 +4,14 @@ Called by the import hook in :mod:`.autoload` right after a hooked
 module (``autoload._HOOKS``) has executed. It adds what upstream lacks:
 
 * ``open_clip``: our model configs (``model_configs/``); a model class chosen by the config
-  key ``"model_class"`` (upstream builds ``CLIP``); a loss registry behind ``--loss``
+  key ``"model_class"`` (upstream builds ``CLIP``); the loss's ``configure_model`` hook on the
+  trainer's model whatever class builds it (``CLIP``, ``CustomTextCLIP``, ``CoCa``); a loss registry behind ``--loss``
   (upstream's ``create_loss`` when the flag is absent); checkpoint loading that ignores
   training-only modules (:mod:`.checkpoint`);
 * ``open_clip_train.params``: the plugin's trainer flags and their checks;
 * ``open_clip_train.scheduler``: the trainer's step / total steps (:mod:`open_clip_lightclip.losses.progress`);
+* ``open_clip_train.file_utils``: ``--resume`` of an unreadable file stops with one line; known input
+  errors of the trainer print as one line (:mod:`.errors`);
 * ``clip_benchmark``: its zero-shot accuracy under NumPy 2.4;
 * ``torch.distributed.run``: torchrun's parser no longer rejects ``--logs`` as ambiguous.
 
@@ -30,6 +33,7 @@ _INSTALLED = set()
 # model built after parsing gets the loss's ``configure_model`` hook (a distillation
 # teacher, built later, does not).
 _PENDING_TRAINER_ARGS = None
+_TRAINER_ARGS = None  # the trainer's parsed args (for one-line errors about them)
 
 
 def model_configs_dir() -> Path:
@@ -65,6 +69,20 @@ def _build_model(**model_cfg):
         model = cls(**model_cfg)
     _configure_trainer_model(model)
     return model
+
+
+def _configured_builder(upstream_cls):
+    """Stands in for ``open_clip.factory.CustomTextCLIP`` / ``CoCa``: the upstream class, then the
+    loss's ``configure_model`` hook, so every model class the trainer can build gets it."""
+
+    @functools.wraps(upstream_cls, updated=())  # keeps __name__: the factory logs it
+    def build(*args, **kwargs):
+        model = upstream_cls(*args, **kwargs)
+        _configure_trainer_model(model)
+        return model
+
+    build.lightclip_builder = True
+    return build
 
 
 def _configure_trainer_model(model) -> None:
@@ -116,6 +134,9 @@ def install_open_clip(open_clip: types.ModuleType) -> None:
     if getattr(factory.CLIP, "__name__", "") != "_build_model":
         _build_model.upstream_clip = factory.CLIP
         factory.CLIP = _build_model
+    for name in ("CustomTextCLIP", "CoCa"):  # HF-text / SigLIP configs, --force-custom-text, CoCa
+        if not getattr(getattr(factory, name), "lightclip_builder", False):
+            setattr(factory, name, _configured_builder(getattr(factory, name)))
 
     if not hasattr(factory.create_loss, "__wrapped__"):
         wrapped = _make_create_loss(factory.create_loss)
@@ -143,8 +164,12 @@ class _PluginArgumentParser(argparse.ArgumentParser):
         from .trainer_args import check_args
 
         check_args(parsed, self)
-        global _PENDING_TRAINER_ARGS
+        global _PENDING_TRAINER_ARGS, _TRAINER_ARGS
         _PENDING_TRAINER_ARGS = parsed if parsed.loss is not None else None
+        _TRAINER_ARGS = parsed
+        from .errors import install_excepthook
+
+        install_excepthook(lambda: getattr(_TRAINER_ARGS, "resume", None))
         return parsed
 
 
@@ -171,6 +196,31 @@ def install_scheduler(scheduler: types.ModuleType) -> None:
     for name in ("cosine_lr", "const_lr", "const_lr_cooldown"):
         setattr(scheduler, name, PROGRESS.wrap_scheduler_factory(getattr(scheduler, name)))
     _INSTALLED.add("scheduler")
+
+
+# --- open_clip_train.file_utils ------------------------------------------------------------
+def install_file_utils(file_utils: types.ModuleType) -> None:
+    """``pt_load`` (the trainer's ``--resume``) raises a one-line ``CheckpointError`` naming the file
+    for a missing, truncated or corrupt local file, instead of torch's multi-line errors."""
+    if "file_utils" in _INSTALLED or not hasattr(file_utils, "pt_load"):
+        return
+    upstream = file_utils.pt_load
+
+    @functools.wraps(upstream)
+    def pt_load(file_path, map_location=None):
+        from ..models.checkpoint import CheckpointError, unreadable
+
+        try:
+            return upstream(file_path, map_location=map_location)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{file_path}: no such file") from e
+        except Exception as e:
+            if "://" in str(file_path):  # remote (s3, ...): upstream's own errors say more
+                raise
+            raise unreadable(file_path, e) from e
+
+    file_utils.pt_load = pt_load
+    _INSTALLED.add("file_utils")
 
 
 # --- clip_benchmark.metrics.zeroshot_classification ------------------------------------------

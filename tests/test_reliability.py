@@ -1,0 +1,272 @@
+"""Bad input at every entry point: a one-line error naming the problem and the fix (no traceback), or a
+documented skip-and-count for faulty samples, and no file a user wrote is changed.
+
+Entry points: the real trainer (``python -m open_clip_train.main``), ``open_clip.create_model_and_transforms``
+and the ``open-clip-lightclip`` subcommands. README "Failure modes" lists the same outcomes.
+"""
+import hashlib
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_python
+from open_clip_lightclip.cli import main as cli_main
+from open_clip_lightclip.data.shards import add_tar_member, read_shard_samples
+from open_clip_lightclip.data.synthetic import synthetic_samples, write_synthetic_shards
+from open_clip_lightclip.upstream.trainer_cmd import trainer_command
+
+
+def snapshot(*roots) -> dict:
+    """sha256 of every file under ``roots`` (files or folders)."""
+    out = {}
+    for root in map(Path, roots):
+        for p in ([root] if root.is_file() else sorted(root.rglob("*"))):
+            if p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def one_line_error(stderr: str) -> str:
+    """The last line of stderr, checked to be the only error output: no traceback. Torch's own exit-time
+    statistics (glog-style ``I1123 12:00:00.000 ...`` lines, logged through the trainer's INFO logger) are skipped."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.strip().splitlines() if line.strip() and not re.match(r"[IWE]\d{4} ", line)]
+    assert lines, "no error printed"
+    return lines[-1]
+
+
+def trainer(shards, logs, name, loss="lightclip", extra=(), check=False):
+    cmd = trainer_command(shards, str(logs), name, model="LightCLIP-Tiny", loss=loss, batch_size=8, warmup=1,
+                          extra=["--workers", "0", "--force-image-size", "64", *extra])
+    return run_python(cmd[1:], check=check)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished --loss lightclip run: (shards pattern, checkpoint)."""
+    root = tmp_path_factory.mktemp("trained")
+    write_synthetic_shards(root / "shards", num_samples=32, image_size=64, samples_per_shard=16)
+    shards = str(root / "shards" / "train-{00000..00001}.tar")
+    trainer(shards, root / "logs", "base", check=True)
+    return shards, root / "logs" / "base" / "checkpoints" / "epoch_1.pt"
+
+
+# --- the trainer: --resume / --pretrained ------------------------------------------------------------
+@pytest.mark.slow
+def test_resume_from_a_truncated_checkpoint_stops_in_one_line(trained, tmp_path):
+    shards, ckpt = trained
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:50_000])
+    before = snapshot(truncated, ckpt)
+    proc = trainer(shards, tmp_path / "logs", "r", extra=["--resume", str(truncated)])
+    assert proc.returncode != 0
+    line = one_line_error(proc.stderr)
+    assert line.startswith(f"error: {truncated}: cannot read it as a checkpoint (truncated or corrupt file?)"), line
+    assert snapshot(truncated, ckpt) == before
+
+
+@pytest.mark.slow
+def test_resume_with_other_flags_stops_in_one_line_naming_the_fix(trained, tmp_path):
+    shards, ckpt = trained
+    before = snapshot(ckpt)
+    proc = trainer(shards, tmp_path / "logs", "r", extra=["--resume", str(ckpt), "--lightclip-token-dim", "32"])
+    assert proc.returncode != 0
+    line = one_line_error(proc.stderr)
+    assert line.startswith(f"error: --resume {ckpt}: the checkpoint does not fit this run's model (4 shape mismatches "
+                           "(e.g. 'lightclip_train.image_token_proj.weight': [256, 288] in the file, [32, 288]"), line
+    assert f"or start a new run from its weights with --pretrained {ckpt}" in line
+    assert snapshot(ckpt) == before
+
+
+@pytest.mark.slow
+def test_resume_from_a_missing_file_stops_in_one_line(trained, tmp_path):
+    shards, _ = trained
+    proc = trainer(shards, tmp_path / "logs", "r", loss=None, extra=["--resume", str(tmp_path / "nope.pt")])
+    assert proc.returncode != 0
+    assert one_line_error(proc.stderr).startswith(f"error: {tmp_path / 'nope.pt'}: no such file")
+
+
+@pytest.mark.slow
+def test_finetune_with_other_training_head_shapes_keeps_their_init(trained, tmp_path):
+    """Training-only heads are optional both ways: --pretrained with another --lightclip-token-dim trains."""
+    shards, ckpt = trained
+    before = snapshot(ckpt)
+    proc = trainer(shards, tmp_path / "logs", "ft", extra=["--pretrained", str(ckpt), "--lightclip-token-dim", "32"],
+                   check=True)
+    log = (tmp_path / "logs" / "ft" / "out.log").read_text()
+    assert "4 tensor(s) of training-only modules have other shapes in the file than in the model" in log + proc.stderr
+    tuned = torch.load(tmp_path / "logs" / "ft" / "checkpoints" / "epoch_1.pt", map_location="cpu")["state_dict"]
+    assert tuned["lightclip_train.image_token_proj.weight"].shape == (32, 288)
+    assert snapshot(ckpt) == before
+
+
+def test_pretrained_with_other_training_head_shapes_loads_the_rest(tmp_path):
+    """The same through ``open_clip.load_checkpoint``: every other key is loaded, the mismatched heads are not."""
+    import open_clip
+
+    from open_clip_lightclip.models.train_heads import LightCLIPTrainCfg
+
+    torch.manual_seed(0)
+    source = open_clip.create_model("LightCLIP-Tiny")
+    source.add_train_heads(LightCLIPTrainCfg(token_dim=64))
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "epoch_1.pt")
+    torch.manual_seed(1)
+    model = open_clip.create_model("LightCLIP-Tiny")
+    model.add_train_heads(LightCLIPTrainCfg(token_dim=32))
+    fresh = model.lightclip_train.image_token_proj.weight.detach().clone()
+    open_clip.load_checkpoint(model, str(tmp_path / "epoch_1.pt"))
+    assert torch.equal(model.lightclip_train.image_token_proj.weight, fresh)
+    assert torch.equal(model.logit_scale, source.logit_scale)
+    assert torch.equal(model.lightclip_train.fusion["2"].q.weight, source.lightclip_train.fusion["2"].q.weight)
+    assert "load_state_dict" not in vars(model)  # the temporary filter is gone again
+
+
+@pytest.mark.slow
+def test_bad_flag_value_stops_the_real_trainer_in_one_line(trained, tmp_path):
+    shards, _ = trained
+    proc = trainer(shards, tmp_path / "logs", "r", extra=["--lightclip-sinkhorn-iters", "0"])
+    assert proc.returncode == 2
+    assert "error: --lightclip-sinkhorn-iters must be >= 1, got 0" in one_line_error(proc.stderr)
+    assert not (tmp_path / "logs").exists()  # stopped before the run folder
+
+
+# --- the trainer: faulty samples are skipped and logged ----------------------------------------------
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _hostile_shards(folder: Path) -> str:
+    """A shard of good samples mixed with a 1x1 image, a grayscale one, an empty and an overlong caption and
+    a corrupt image; and a second shard cut off in the middle."""
+    folder.mkdir(parents=True)
+    good = list(synthetic_samples(24, image_size=64, seed=3))
+    odd = [("onepixel", Image.new("RGB", (1, 1), (255, 0, 0)), "a single red pixel"),
+           ("gray", Image.new("L", (40, 30), 128), "a gray rectangle"),
+           ("empty", good[0][1], ""),
+           ("long", good[1][1], " ".join(["a very long caption"] * 200))]
+    with tarfile.open(folder / "train-00000.tar", "w") as tar:
+        for key, image, caption in good[:12] + odd:
+            add_tar_member(tar, f"{key}.png", _png(image), 0)
+            add_tar_member(tar, f"{key}.txt", caption.encode(), 0)
+        add_tar_member(tar, "corrupt.png", b"\x89PNG\r\n\x1a\n not an image", 0)
+        add_tar_member(tar, "corrupt.txt", b"a broken picture", 0)
+    whole = io.BytesIO()
+    with tarfile.open(fileobj=whole, mode="w") as tar:
+        for key, image, caption in good[12:]:
+            add_tar_member(tar, f"{key}.png", _png(image), 0)
+            add_tar_member(tar, f"{key}.txt", caption.encode(), 0)
+    (folder / "train-00001.tar").write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+    (folder / "sizes.json").write_text(json.dumps({"train-00000.tar": 17, "train-00001.tar": 12}))
+    return str(folder / "train-{00000..00001}.tar")
+
+
+@pytest.mark.slow
+def test_faulty_samples_are_skipped_and_logged_and_odd_ones_train(tmp_path):
+    shards = _hostile_shards(tmp_path / "shards")
+    before = snapshot(tmp_path / "shards")
+    proc = trainer(shards, tmp_path / "logs", "hostile", extra=["--train-num-samples", "24"], check=True)
+    log = (tmp_path / "logs" / "hostile" / "out.log").read_text() + proc.stderr
+    assert "Ignoring" in log  # upstream's webdataset handler: logged, skipped, training goes on
+    losses = [float(x) for x in re.findall(r" Loss: ([\d.eE+-]+)", log)]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert (tmp_path / "logs" / "hostile" / "checkpoints" / "epoch_1.pt").is_file()
+    assert snapshot(tmp_path / "shards") == before
+
+
+def test_empty_and_overlong_captions_give_finite_lightclip_terms():
+    import open_clip
+
+    from open_clip_lightclip.losses.lightclip import LightCLIPLoss
+    from open_clip_lightclip.models.train_heads import LightCLIPTrainCfg
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("LightCLIP-Tiny", output_dict=True, force_image_size=64)
+    model.add_train_heads(LightCLIPTrainCfg())
+    tokenizer = open_clip.get_tokenizer("LightCLIP-Tiny")
+
+    class Start:
+        fraction = 1.0
+
+    loss = LightCLIPLoss(soft_label_max=0.2, progress=Start())
+    for captions in (["", ""], ["", "a red circle"], [" ".join(["word"] * 500), "x"]):
+        model.zero_grad()
+        terms = loss(**model(torch.randn(2, 3, 64, 64), tokenizer(captions)), output_dict=True)
+        sum(terms.values()).backward()
+        assert all(torch.isfinite(v) for v in terms.values()), (captions[0][:20], terms)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# --- open_clip.create_model_and_transforms -------------------------------------------------------------
+def test_checkpoint_of_another_model_size_fails_in_one_line_naming_the_fix(tmp_path):
+    import open_clip
+
+    from open_clip_lightclip.models.checkpoint import CheckpointError
+
+    ckpt = tmp_path / "epoch_1.pt"
+    torch.save({"state_dict": open_clip.create_model("LightCLIP-MNv3-S").state_dict()}, ckpt)
+    before = snapshot(ckpt)
+    with pytest.raises(CheckpointError) as e:
+        open_clip.create_model_and_transforms("LightCLIP-Tiny", pretrained=str(ckpt))
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{ckpt}: not a checkpoint of this architecture")
+    assert message.endswith("(pick the --model / model name the checkpoint was trained with)")
+    assert snapshot(ckpt) == before
+
+
+# --- the open-clip-lightclip subcommands ---------------------------------------------------------------
+def test_build_shards_skips_and_counts_faulty_images_and_refuses_to_overwrite(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    images = {"ok": Image.new("RGB", (50, 40), (0, 200, 0)), "onepixel": Image.new("RGB", (1, 1)),
+              "gray": Image.new("L", (30, 30), 90), "rgba": Image.new("RGBA", (20, 20), (0, 0, 255, 0))}
+    for name, im in images.items():
+        im.save(src / f"{name}.png")
+        (src / f"{name}.txt").write_text(f"a picture called {name}")
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (src / "corrupt.txt").write_text("a broken picture")
+    (src / "truncated.png").write_bytes(_png(images["ok"])[:60])
+    (src / "truncated.txt").write_text("a cut-off picture")
+    images["ok"].save(src / "nocaption.png")
+    (src / "nocaption.txt").write_text("   ")
+    before = snapshot(src)
+    out = tmp_path / "out"
+    argv = ["build-shards", "folder", str(src), "--out", str(out), "--image-size", "16", "--heldout-fraction", "0",
+            "--no-progress"]
+    assert cli_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "4 train + 0 held-out samples written" in text and "skipped 2 broken image(s), 1 without caption" in text
+    samples = list(read_shard_samples(str(out / "train-00000.tar")))
+    assert sorted(s[2] for s in samples) == sorted(f"a picture called {n}" for n in images)
+    assert all(s[1].size == (16, 16) and s[1].mode == "RGB" for s in samples)
+    written = snapshot(out)
+    assert cli_main(argv) == 1  # again into the same folder
+    assert one_line_error(capsys.readouterr().err).startswith("error: ")
+    assert snapshot(out) == written and snapshot(src) == before
+
+
+def test_export_refuses_a_folder_with_files_and_a_truncated_checkpoint(tmp_path, capsys):
+    import open_clip
+
+    ckpt = tmp_path / "epoch_1.pt"
+    torch.save({"state_dict": open_clip.create_model("LightCLIP-Tiny").state_dict()}, ckpt)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    assert cli_main(["export", str(ckpt), str(out), "--model", "LightCLIP-Tiny"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith("error: ") and "--force" in line, line
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    before = snapshot(tmp_path)
+    assert cli_main(["export", str(truncated), str(tmp_path / "new"), "--model", "LightCLIP-Tiny"]) == 1
+    assert one_line_error(capsys.readouterr().err).startswith(f"error: {truncated}: cannot read it as a checkpoint")
+    assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
