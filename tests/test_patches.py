@@ -5,6 +5,7 @@ memory only), so they are copied into a tmp tree laid out as upstream's repo (``
 with ``patch -p1`` and imported from there by a child Python with the plugin turned off.
 """
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,9 @@ def patched_src(tmp_path_factory):
     return root / "src"
 
 
-def _run(src: Path, args, cwd: Path):
-    env = subprocess_env(OPEN_CLIP_LIGHTCLIP_DISABLE="1", PYTHONPATH=str(src), HF_HUB_OFFLINE="1")
+def _run(src: Path, args, cwd: Path, plugin: bool = False):
+    """A child Python on the patched sources; the plugin off (``OPEN_CLIP_LIGHTCLIP_DISABLE=1``) unless ``plugin``."""
+    env = subprocess_env(PYTHONPATH=str(src), HF_HUB_OFFLINE="1", **({} if plugin else {"OPEN_CLIP_LIGHTCLIP_DISABLE": "1"}))
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
     assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
     return proc
@@ -63,7 +65,9 @@ CHILD = textwrap.dedent(r'''
 
     src = Path(sys.argv[1])
     assert Path(open_clip.__file__).resolve().is_relative_to(src.resolve()), open_clip.__file__
-    assert "open_clip_lightclip" not in sys.modules, "plugin is on"
+    # the plugin is off: its entry point registers nothing, and nothing is patched
+    assert not any(m.startswith("LightCLIP") for m in open_clip.list_models()), "plugin is on"
+    assert "lightclip" not in open_clip.list_losses(), "plugin is on"
     assert not hasattr(factory.create_loss, "__wrapped__")
 
     # loss registry
@@ -151,3 +155,62 @@ def test_diff_applies_and_hooks_work(patched_src, tmp_path):
 def test_patched_trainer_help_lists_loss(patched_src, tmp_path):
     proc = _run(patched_src, ["-m", "open_clip_train.main", "--help"], cwd=tmp_path)
     assert "--loss" in proc.stdout and "{clip,siglip}" in proc.stdout, proc.stdout[-2000:]
+
+
+# Runs the real trainer (``open_clip_train.main``) in a process where the plugin is ON, then checks that
+# nothing of OpenCLIP or its trainer was patched at run time: the diff's hooks carried everything.
+RUNNER = textwrap.dedent(r'''
+    import argparse, runpy, sys
+    runpy.run_module("open_clip_train.main", run_name="__main__")
+    import open_clip
+    from open_clip import factory, model
+    from open_clip_train import file_utils, params, scheduler
+    from open_clip_lightclip.upstream import hooks
+    assert factory.CLIP is model.CLIP, factory.CLIP
+    for fn in (factory.create_loss, factory.load_checkpoint, scheduler.cosine_lr, file_utils.pt_load):
+        assert not hasattr(fn, "__wrapped__"), fn
+    assert params.argparse is argparse
+    assert not {"open_clip", "params", "scheduler", "file_utils"} & hooks._INSTALLED, hooks._INSTALLED
+    print("NO RUNTIME PATCHES")
+''')
+
+LOAD = textwrap.dedent(r'''
+    import sys, torch, open_clip
+    assert open_clip.load_checkpoint.__module__ == "open_clip.factory" and not hasattr(open_clip.load_checkpoint, "__wrapped__")
+    for ckpt in sys.argv[1:]:
+        keys = torch.load(ckpt, map_location="cpu")["state_dict"].keys()
+        assert any(k.startswith(("lightclip_train.", "cliplite_prior.")) for k in keys), ckpt  # training-only keys
+        model, _, preprocess = open_clip.create_model_and_transforms("LightCLIP-Tiny", pretrained=ckpt,
+                                                                   force_image_size=64)  # strict load
+        assert type(model).__name__ == "LightCLIP" and not hasattr(model, "lightclip_train")
+        with torch.no_grad():
+            img = model.encode_image(torch.randn(2, 3, 64, 64))
+            txt = model.encode_text(open_clip.get_tokenizer("LightCLIP-Tiny")(["a red circle", "a blue square"]))
+        assert torch.isfinite(img).all() and torch.isfinite(txt).all()
+    print("LOADED", len(sys.argv) - 1)
+''')
+
+
+@pytest.mark.slow
+def test_the_diff_alone_trains_every_plugin_loss_and_loads_its_checkpoints(patched_src, train, tmp_path):
+    """Runtime patching off (an OpenCLIP with the hooks is left alone): the plugin registers through the diff's
+    plugin API (its ``open_clip.plugins`` entry point), trains --loss lightclip and --loss cliplite with the prior
+    through the real trainer, and the checkpoints load with ``create_model_and_transforms``."""
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    env = {"PYTHONPATH": str(patched_src), "HF_HUB_OFFLINE": "1"}
+    checkpoints = []
+    for name, loss, extra in (("lc", "lightclip", ["--lightclip-soft-label-max", "0.3"]),
+                              ("cl", "cliplite", ["--cliplite-prior-weight", "0.1"])):
+        proc, ckpt_dir = train(loss=loss, name=name, runner=runner, env=env,
+                               extra=["--force-image-size", "64", "--epochs", "2", *extra])
+        assert "NO RUNTIME PATCHES" in proc.stdout, proc.stdout[-2000:]
+        log = (ckpt_dir.parent / "out.log").read_text()
+        assert re.search(r"Loss: [\d.]+", log), log[-2000:]
+        checkpoints.append(str(ckpt_dir / "epoch_2.pt"))
+    lc_log = (tmp_path / "logs" / "lc" / "out.log").read_text()
+    assert "Instance_loss" in lc_log and "Token_loss" in lc_log and "Mlm_loss" in lc_log
+    assert "lightclip soft labels: step 0/8" in lc_log  # the schedule reads upstream's PROGRESS (2 epochs x 4 steps)
+    assert "Cliplite_prior" in (tmp_path / "logs" / "cl" / "out.log").read_text()
+    proc = _run(patched_src, ["-c", LOAD, *checkpoints], cwd=tmp_path, plugin=True)
+    assert "LOADED 2" in proc.stdout

@@ -1,20 +1,49 @@
 """Global training progress ``t`` in [0, 1], as the trainer's LR scheduler sees it.
 
-The integration wraps ``open_clip_train.scheduler``'s factories so every rank records the
-run's total optimizer steps and, on each call, the current step. That step is the
-trainer's own (``epoch * steps_per_epoch + batch // accum_freq``), so it is right after
-``--resume`` and under ``--accum-freq``. Objectives read ``PROGRESS.fraction``.
+The seam wraps ``open_clip_train.scheduler``'s factories so every rank records the run's total
+optimizer steps and, on each call, the current step. That step is the trainer's own
+(``epoch * steps_per_epoch + batch // accum_freq``), so it is right after ``--resume`` and
+under ``--accum-freq``. Objectives read ``PROGRESS.fraction`` (or ``step`` / ``total_steps``).
+In an OpenCLIP that keeps its own progress (``patches/``), ``PROGRESS.follow(upstream)`` makes
+this object read that one.
 """
-from dataclasses import dataclass
 from typing import Optional
 
 __all__ = ["TrainingProgress", "PROGRESS"]
 
 
-@dataclass
 class TrainingProgress:
-    step: int = 0
-    total_steps: Optional[int] = None
+    """The trainer's optimizer step and total steps; ``fraction`` = step / total, clamped to [0, 1]."""
+
+    def __init__(self, step: int = 0, total_steps: Optional[int] = None):
+        self._step, self._total_steps = step, total_steps
+        self._source = None
+
+    def follow(self, source) -> None:
+        """Read (and write) ``step`` / ``total_steps`` on ``source`` from now on (None: own values again)."""
+        self._source = source
+
+    @property
+    def step(self) -> int:
+        return self._source.step if self._source is not None else self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        if self._source is not None:
+            self._source.step = value
+        else:
+            self._step = value
+
+    @property
+    def total_steps(self) -> Optional[int]:
+        return self._source.total_steps if self._source is not None else self._total_steps
+
+    @total_steps.setter
+    def total_steps(self, value: Optional[int]) -> None:
+        if self._source is not None:
+            self._source.total_steps = value
+        else:
+            self._total_steps = value
 
     @property
     def fraction(self) -> float:

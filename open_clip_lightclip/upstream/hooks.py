@@ -123,8 +123,22 @@ def _make_load_checkpoint(upstream_load_checkpoint):
     return load_checkpoint
 
 
+def _upstream_has_hooks() -> bool:
+    """An OpenCLIP with the hooks of ``patches/`` registers the plugin itself (entry point,
+    :mod:`.registration`): then nothing of OpenCLIP or its trainer is patched here."""
+    import open_clip
+
+    from .registration import upstream_has_hooks
+
+    return upstream_has_hooks(open_clip)
+
+
 def install_open_clip(open_clip: types.ModuleType) -> None:
     if "open_clip" in _INSTALLED:
+        return
+    from .registration import upstream_has_hooks
+
+    if upstream_has_hooks(open_clip):
         return
     check_open_clip_version(getattr(open_clip, "__version__", "unknown"))
     factory = open_clip.factory
@@ -175,7 +189,7 @@ class _PluginArgumentParser(argparse.ArgumentParser):
 
 def install_params(params: types.ModuleType) -> None:
     """Make ``params.parse_args`` build ``_PluginArgumentParser`` instead of ``argparse.ArgumentParser``."""
-    if "params" in _INSTALLED:
+    if "params" in _INSTALLED or _upstream_has_hooks():
         return
     import open_clip  # noqa: F401  (the hook above runs first: configs, version check)
 
@@ -189,7 +203,7 @@ def install_params(params: types.ModuleType) -> None:
 # --- open_clip_train.scheduler -------------------------------------------------------------
 def install_scheduler(scheduler: types.ModuleType) -> None:
     """Record the trainer's step / total steps (training progress for schedules inside objectives)."""
-    if "scheduler" in _INSTALLED:
+    if "scheduler" in _INSTALLED or _upstream_has_hooks():
         return
     from ..losses.progress import PROGRESS
 
@@ -202,7 +216,7 @@ def install_scheduler(scheduler: types.ModuleType) -> None:
 def install_file_utils(file_utils: types.ModuleType) -> None:
     """``pt_load`` (the trainer's ``--resume``) raises a one-line ``CheckpointError`` naming the file
     for a missing, truncated or corrupt local file, instead of torch's multi-line errors."""
-    if "file_utils" in _INSTALLED or not hasattr(file_utils, "pt_load"):
+    if "file_utils" in _INSTALLED or not hasattr(file_utils, "pt_load") or _upstream_has_hooks():
         return
     upstream = file_utils.pt_load
 

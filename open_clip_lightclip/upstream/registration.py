@@ -1,0 +1,51 @@
+"""Registration through OpenCLIP's own plugin API, for an OpenCLIP with the hooks of ``patches/``.
+
+Such an OpenCLIP runs the ``open_clip.plugins`` entry points of installed packages when it is
+imported; this package's entry point is :func:`register`. It adds the model configs, the model
+classes, the training-only module names and the ``--loss`` objectives through the functions the
+diff adds (``add_model_config``, ``register_model_class``, ``register_training_only_module``,
+``register_loss``), and makes the objectives read upstream's training progress. Nothing of
+OpenCLIP is patched on that route: :mod:`.hooks` leaves an OpenCLIP with the hooks alone.
+"""
+import os
+import types
+
+__all__ = ["register", "upstream_has_hooks"]
+
+
+def upstream_has_hooks(open_clip: types.ModuleType) -> bool:
+    """True for an OpenCLIP that carries the hooks of ``patches/`` (its own loss and model-class registries)."""
+    factory = getattr(open_clip, "factory", None)
+    return all(hasattr(factory, name) for name in ("register_loss", "register_model_class",
+                                                    "register_training_only_module"))
+
+
+def register() -> None:
+    """The ``open_clip.plugins`` entry point (``OPEN_CLIP_LIGHTCLIP_DISABLE=1`` turns it off too)."""
+    if os.environ.get("OPEN_CLIP_LIGHTCLIP_DISABLE", "0").lower() in ("1", "true", "yes"):
+        return
+    import open_clip
+
+    if not upstream_has_hooks(open_clip):
+        return  # a pristine OpenCLIP: the start-up hook patches it instead (hooks.py)
+    from ..losses import get_loss_entry, list_losses
+    from ..losses.progress import PROGRESS
+    from ..models import TRAINING_ONLY_MODULES, get_model_class, list_model_classes
+    from .hooks import check_open_clip_version, model_configs_dir
+
+    check_open_clip_version(getattr(open_clip, "__version__", "unknown"))
+    open_clip.add_model_config(model_configs_dir())
+    for name in list_model_classes():
+        open_clip.register_model_class(name, get_model_class(name))
+    for name in TRAINING_ONLY_MODULES:
+        open_clip.register_training_only_module(name)
+    for name in list_losses():
+        if name not in open_clip.list_losses():  # upstream's own clip / siglip stay
+            entry = get_loss_entry(name)
+            open_clip.register_loss(name, entry.factory, add_args=entry.add_args, check_args=entry.check_args,
+                                    configure_model=entry.configure_model)
+    try:
+        from open_clip_train import scheduler
+    except ImportError:  # inference-only install: no trainer, no progress to follow
+        return
+    PROGRESS.follow(scheduler.PROGRESS)
