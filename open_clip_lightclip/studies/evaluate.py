@@ -1,59 +1,79 @@
-"""Held-out evaluation of a trainer checkpoint: image<->text recall@k and zero-shot classification."""
-from typing import Dict
+"""Held-out evaluation of a trainer checkpoint with clip_benchmark's metrics.
 
-__all__ = ["IGNORED_CATEGORIES", "CLIPART_TEMPLATES", "FASHION_TEMPLATES", "recall_at_k", "load_eval_data",
-           "evaluate_checkpoint"]
+Image->text and text->image recall@1/5/10 on the held-out split
+(``clip_benchmark.metrics.zeroshot_retrieval``) and zero-shot top-1 accuracy
+(``clip_benchmark.metrics.zeroshot_classification``) over the held-out images' categories and,
+when the Debian package is there, Fashion-MNIST's test split: the numbers ``clip_benchmark eval``
+reports, computed in-process on the same images.
+"""
+import os
+from typing import Dict, Optional, Sequence
+
+__all__ = ["IGNORED_CATEGORIES", "CLIPART_TEMPLATES", "FASHION_TEMPLATES", "load_eval_data", "retrieval_metrics",
+           "zeroshot_accuracy", "evaluate_model", "evaluate_checkpoint"]
 
 # categories that are not about what is in the picture
 IGNORED_CATEGORIES = {"unsorted", "special", "misc", "miscellaneous", "other"}
-CLIPART_TEMPLATES = ("{}.", "a clip art of {}.", "a drawing of {}.", "an illustration of {}.")
-FASHION_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "a product photo of a {}.")
+# clip_benchmark's template syntax: {c} is the class name
+CLIPART_TEMPLATES = ("{c}.", "a clip art of {c}.", "a drawing of {c}.", "an illustration of {c}.")
+FASHION_TEMPLATES = ("a photo of a {c}.", "a {c}.", "a picture of a {c}.", "a product photo of a {c}.")
 
 
-def _encode_images(model, preprocess, images, batch_size: int = 256):
+class _Images:
+    """A map-style dataset of preprocessed images with targets (``classes`` as clip_benchmark reads it)."""
+
+    def __init__(self, images, targets, preprocess, classes: Sequence[str] = ()):
+        self.images, self.targets, self.preprocess, self.classes = images, targets, preprocess, list(classes)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.preprocess(self.images[i]), self.targets[i]
+
+
+def _loader(dataset, batch_size: int):
     import torch
 
-    feats = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            batch = torch.stack([preprocess(im) for im in images[i:i + batch_size]])
-            feats.append(torch.nn.functional.normalize(model.encode_image(batch), dim=-1))
-    return torch.cat(feats)
+    def collate(batch):
+        images = torch.stack([b[0] for b in batch])
+        targets = [b[1] for b in batch]
+        return images, (targets if isinstance(targets[0], list) else torch.as_tensor(targets))
+
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def _encode_texts(model, tokenizer, texts, batch_size: int = 512):
-    import torch
+def retrieval_metrics(model, preprocess, tokenizer, images, captions: Sequence[str], batch_size: int = 256,
+                      ks=(1, 5, 10)) -> Dict[str, float]:
+    """``i2t_R@k`` (clip_benchmark's text_retrieval_recall@k) and ``t2i_R@k`` (image_retrieval_recall@k)."""
+    from clip_benchmark.metrics import zeroshot_retrieval
 
-    feats = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            feats.append(torch.nn.functional.normalize(model.encode_text(tokenizer(texts[i:i + batch_size])), dim=-1))
-    return torch.cat(feats)
-
-
-def _classifier(model, tokenizer, classnames, templates):
-    import torch
-
-    weights = []
-    for c in classnames:
-        e = _encode_texts(model, tokenizer, [t.format(c) for t in templates]).mean(0)
-        weights.append(e / e.norm())
-    return torch.stack(weights)
+    dataset = _Images(images, [[c] for c in captions], preprocess)
+    m = zeroshot_retrieval.evaluate(model, _loader(dataset, batch_size), tokenizer, "cpu", amp=False,
+                                    recall_k_list=list(ks))
+    out = {f"i2t_R@{k}": m[f"text_retrieval_recall@{k}"] for k in ks}
+    out.update({f"t2i_R@{k}": m[f"image_retrieval_recall@{k}"] for k in ks})
+    return out
 
 
-def recall_at_k(sim, ks=(1, 5, 10)) -> dict:
-    """Recall@k of a square similarity matrix whose diagonal holds the pairs; exact ties do not count against."""
+def zeroshot_accuracy(model, preprocess, tokenizer, images, labels: Sequence[int], classnames: Sequence[str],
+                      templates: Sequence[str], batch_size: int = 256) -> float:
+    """Top-1 zero-shot accuracy (clip_benchmark's ``acc1``)."""
+    from clip_benchmark.metrics import zeroshot_classification
 
-    ranks = (sim > sim.diag().unsqueeze(1)).sum(1)  # how many candidates score above the true pair
-    return {k: (ranks < k).float().mean().item() for k in ks}
+    dataset = _Images(images, list(labels), preprocess, classnames)
+    m = zeroshot_classification.evaluate(model, _loader(dataset, batch_size), tokenizer, list(classnames),
+                                         list(templates), "cpu", amp=False)
+    return m["acc1"]
 
 
-def load_eval_data(info: dict, fashion_samples: int, fashion_dir=None) -> dict:
+def load_eval_data(heldout_data: str, fashion_samples: int = 0, fashion_dir=None) -> dict:
+    """Held-out images, captions and categories (categories with >= 3 images become classes); Fashion-MNIST."""
     from ..data.shards import read_shard_samples
-    from ..data.sources import FASHION_MNIST_ROOT, fashion_mnist
+    from ..data.sources import FASHION_MNIST_ROOT, clean_text, fashion_mnist
 
     images, captions, cats = [], [], []
-    for _, im, cap, meta in read_shard_samples(info["heldout_data"]):
+    for _, im, cap, meta in read_shard_samples(heldout_data):
         images.append(im)
         captions.append(cap)
         cats.append(meta.get("category"))
@@ -62,47 +82,42 @@ def load_eval_data(info: dict, fashion_samples: int, fashion_dir=None) -> dict:
         if c and c.lower() not in IGNORED_CATEGORIES:
             counts[c] = counts.get(c, 0) + 1
     classes = sorted(c for c, n in counts.items() if n >= 3)
-    data = {"images": images, "captions": captions, "categories": cats, "classes": classes}
+    data = {"images": images, "captions": captions, "categories": cats, "classes": classes,
+            "classnames": [clean_text(c) for c in classes]}
     if fashion_samples:
         from PIL import Image
 
         fm_images, fm_labels, fm_classes = fashion_mnist("test", fashion_dir or FASHION_MNIST_ROOT)
         data["fashion"] = ([Image.fromarray(a).convert("RGB") for a in fm_images[:fashion_samples]],
-                           fm_labels[:fashion_samples], fm_classes)
+                           [int(x) for x in fm_labels[:fashion_samples]], list(fm_classes))
     return data
 
 
-def evaluate_checkpoint(model_name: str, checkpoint: str, image_size: int, data: dict) -> dict:
+def evaluate_model(model, preprocess, tokenizer, data: dict) -> dict:
+    """Every metric the data allows: retrieval on the held-out pairs, zero-shot on categories / Fashion-MNIST."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # clip_benchmark's progress bars
+    out = {"heldout_images": len(data["images"])}
+    out.update(retrieval_metrics(model, preprocess, tokenizer, data["images"], data["captions"]))
+    if data["classes"]:
+        keep = [i for i, c in enumerate(data["categories"]) if c in data["classes"]]
+        out["clipart_zeroshot"] = zeroshot_accuracy(
+            model, preprocess, tokenizer, [data["images"][i] for i in keep],
+            [data["classes"].index(data["categories"][i]) for i in keep], data["classnames"], CLIPART_TEMPLATES)
+        out["clipart_classes"], out["clipart_images"] = len(data["classes"]), len(keep)
+    if "fashion" in data:
+        f_images, f_labels, f_classes = data["fashion"]
+        out["fashion_mnist_zeroshot"] = zeroshot_accuracy(model, preprocess, tokenizer, f_images, f_labels, f_classes,
+                                                          FASHION_TEMPLATES)
+        out["fashion_mnist_images"] = len(f_images)
+    return out
+
+
+def evaluate_checkpoint(model_name: str, checkpoint: str, image_size: Optional[int], data: dict) -> dict:
     import open_clip
     import torch
 
-    from ..data.sources import clean_text
-
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=checkpoint, force_image_size=image_size)
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint, **kwargs)
     model.eval()
-    tokenizer = open_clip.get_tokenizer(model_name)
-    img = _encode_images(model, preprocess, data["images"])
-    txt = _encode_texts(model, tokenizer, data["captions"])
-    sim = img @ txt.T
-    out = {"heldout_images": len(data["images"])}
-    for k, v in recall_at_k(sim).items():
-        out[f"i2t_R@{k}"] = v
-    for k, v in recall_at_k(sim.T).items():
-        out[f"t2i_R@{k}"] = v
-    if data["classes"]:
-        keep = [i for i, c in enumerate(data["categories"]) if c in data["classes"]]
-        labels = torch.tensor([data["classes"].index(data["categories"][i]) for i in keep])
-        w = _classifier(model, tokenizer, [clean_text(c) for c in data["classes"]], CLIPART_TEMPLATES)
-        pred = (img[keep] @ w.T).argmax(1)
-        out["clipart_zeroshot"] = (pred == labels).float().mean().item()
-        out["clipart_classes"] = len(data["classes"])
-        out["clipart_images"] = len(keep)
-    if "fashion" in data:
-        f_images, f_labels, f_classes = data["fashion"]
-        f_img = _encode_images(model, preprocess, f_images)
-        w = _classifier(model, tokenizer, list(f_classes), FASHION_TEMPLATES)
-        pred = (f_img @ w.T).argmax(1)
-        out["fashion_mnist_zeroshot"] = (pred == torch.as_tensor(f_labels)).float().mean().item()
-        out["fashion_mnist_images"] = len(f_images)
-    return out
+    with torch.no_grad():
+        return evaluate_model(model, preprocess, open_clip.get_tokenizer(model_name), data)

@@ -1,164 +1,149 @@
-"""Reports of several runs: a markdown table (mean ± sd over seeds), plain verdicts, a PNG of curves and recall."""
-import os
+"""Reports of a study: per-arm mean ± sd, paired differences to the baseline with 95% CIs, a forest plot."""
 from pathlib import Path
-from typing import List
+from typing import Dict, Sequence
 
-from .runs import cpu_seconds
+from .stats import PairedDiff, mean_sd, paired_difference
 
-__all__ = ["METRICS", "summarize", "plot"]
+__all__ = ["METRICS", "RECALL_KEYS", "MEAN_RECALL", "summarize_runs", "markdown", "forest_plot"]
 
 METRICS = [  # (key, column title)
     ("i2t_R@1", "i→t R@1"), ("i2t_R@5", "i→t R@5"), ("i2t_R@10", "i→t R@10"),
     ("t2i_R@1", "t→i R@1"), ("t2i_R@5", "t→i R@5"), ("t2i_R@10", "t→i R@10"),
     ("clipart_zeroshot", "clip-art zero-shot"), ("fashion_mnist_zeroshot", "Fashion-MNIST zero-shot"),
 ]
+RECALL_KEYS = [k for k, _ in METRICS[:6]]
+MEAN_RECALL = ("mean_recall", "mean of the six recalls")
 
 
-def _mean_sd(values: List[float]):
-    import statistics
-
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _fmt(values: List[float], percent: bool = True) -> str:
-    mean, sd = _mean_sd(values)
-    if mean is None:
-        return "–"
-    scale = 100 if percent else 1
-    return f"{mean * scale:.1f}" + (f" ± {sd * scale:.1f}" if sd is not None else "")
+def _with_mean_recall(metrics: dict) -> dict:
+    out = dict(metrics)
+    if all(k in out for k in RECALL_KEYS):
+        out[MEAN_RECALL[0]] = sum(out[k] for k in RECALL_KEYS) / len(RECALL_KEYS)
+    return out
 
 
-def summarize(args, info: dict, runs: List[dict], skipped: List[str], data: dict, wall: float) -> str:
-    arms = [a for a in dict.fromkeys(r["arm"] for r in runs)]
-    n_seeds = len(args.seeds)
-    lines = [
-        "# open-clip-lightclip demo results",
-        "",
-        f"Model `{args.model}` at {args.image_size} px, trained from scratch through `open_clip_train.main`; "
-        f"every arm: {args.epochs} epochs x {args.steps_per_epoch} steps, batch {args.batch_size}, "
-        f"lr {args.lr}, warmup {args.warmup}; seeds {', '.join(map(str, args.seeds))}.",
-        f"Data: {info['written']['train']} train / {info['written']['heldout']} held-out captioned images "
-        f"({info.get('source') or 'shards'}; {info.get('skipped_broken', 0)} broken image(s) skipped).",
-        "",
-        "Numbers are % (mean" + (" ± standard deviation over seeds" if n_seeds > 1 else ", one seed") + ").",
-        "",
-        "| arm | " + " | ".join(title for _, title in METRICS) + " | train time (s) | train CPU (s) |",
-        "|---|" + "---|" * (len(METRICS) + 2),
-    ]
+def summarize_runs(runs: Sequence[dict], arms: Sequence[str], baseline: str) -> dict:
+    """``{"arms": {arm: {metric: {mean, sd, n}}}, "paired": {arm: {metric: PairedDiff as dict}}}`` (values in %)."""
+    by_arm: Dict[str, Dict[int, dict]] = {a: {} for a in arms}
+    for r in runs:
+        if "eval" in r and r["arm"] in by_arm:
+            by_arm[r["arm"]][r["seed"]] = _with_mean_recall(r["eval"])
+    keys = [MEAN_RECALL[0]] + [k for k, _ in METRICS]
+    summary: dict = {"arms": {}, "paired": {}, "baseline": baseline}
     for arm in arms:
-        rs = [r for r in runs if r["arm"] == arm]
-        cells = [_fmt([r["eval"][key] for r in rs if key in r["eval"]]) for key, _ in METRICS]
-        cells.append(_fmt([r["train_seconds"] for r in rs], percent=False))
-        cells.append(_fmt([r["train_cpu_seconds"] for r in rs if "train_cpu_seconds" in r], percent=False))
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    n = len(data["images"])
-    chance = [f"{100 * min(k, n) / n:.1f}" for k in (1, 5, 10)] * 2
-    chance.append(f"{100 / len(data['classes']):.1f}" if data["classes"] else "–")
-    chance.append("10.0" if "fashion" in data else "–")
-    lines.append("| *chance* | " + " | ".join(chance) + " | | |")
-    lines.append("")
-    dupes = len(data["captions"]) - len(set(data["captions"])) if "captions" in data else 0
-    lines.append(f"Recall@k: the true pair ranks in the top k of {n} held-out pairs; a candidate that scores "
-                 f"exactly as high as the true pair (an identical caption: {dupes} held-out captions repeat "
-                 "another) does not push it down, so these numbers can be a little higher than the trainer's "
-                 "own per-epoch `--val-data` recall in results.png, which breaks such ties arbitrarily.")
-    if data["classes"]:
-        cats = [c for c in data["categories"] if c in data["classes"]]
-        majority = max(cats.count(c) for c in data["classes"]) / len(cats)
-        lines.append(f"Clip-art zero-shot: {len(data['classes'])} categories ({', '.join(data['classes'])}), "
-                     f"{len(cats)} held-out images; always answering the largest category scores "
-                     f"{100 * majority:.1f}%.")
-    if "fashion" in data:
-        lines.append(f"Fashion-MNIST zero-shot: {len(data['fashion'][0])} test images, 10 classes, "
-                     "a different domain (grey photos of clothes); no training image comes from it.")
-    if skipped:
-        lines.append(f"Skipped arms (loss not registered in this install): {', '.join(skipped)}.")
-    # plain verdicts against the plain CLIP arm, on the mean of the six recall numbers
-    if "clip" in arms and len(arms) > 1:
-        def mean_recall(r):
-            return sum(r["eval"][k] for k, _ in METRICS[:6]) / 6
-
-        base = [mean_recall(r) for r in runs if r["arm"] == "clip"]
-        b_mean, b_sd = _mean_sd(base)
-        lines.append("")
-        lines.append("Against `clip` (mean of the six recall numbers):")
-        for arm in arms:
-            if arm == "clip":
-                continue
-            vals = [mean_recall(r) for r in runs if r["arm"] == arm]
-            mean, sd = _mean_sd(vals)
-            diff = 100 * (mean - b_mean)
-            noise = 100 * max(b_sd or 0, sd or 0)
-            if abs(diff) < 0.05:
-                verdict = "the same"
-            elif n_seeds > 1 and abs(diff) <= noise:
-                verdict = "within the seed spread: no measurable difference"
-            else:
-                verdict = "better" if diff > 0 else "worse"
-                if n_seeds == 1:
-                    verdict += " (one seed: use --seeds 0 1 2 to see the spread)"
-            lines.append(f"- `{arm}`: {diff:+.1f} points, {verdict}.")
-    reused = " (finished runs were reused, so this is not the time of a fresh run)" \
-        if any(r.get("reused") for r in runs) else ""
-    cpu = cpu_seconds(False) + cpu_seconds(True)
-    lines += ["", f"Whole demo wall time: {wall / 60:.1f} min{reused}; CPU time (all processes): {cpu / 60:.1f} min "
-                  f"on {os.cpu_count()} cores.", "", f"Command: `{args.command_line}`", ""]
-    return "\n".join(lines)
+        summary["arms"][arm] = {}
+        for key in keys:
+            values = [100 * m[key] for m in by_arm[arm].values() if key in m]
+            mean, sd = mean_sd(values)
+            if mean is not None:
+                summary["arms"][arm][key] = {"mean": mean, "sd": sd, "n": len(values)}
+        seconds = [r["train_seconds"] for r in runs if r["arm"] == arm and "train_seconds" in r]
+        if seconds:
+            summary["arms"][arm]["train_seconds"] = {"mean": mean_sd(seconds)[0], "n": len(seconds)}
+    for arm in arms:
+        if arm == baseline:
+            continue
+        summary["paired"][arm] = {}
+        for key in keys:
+            a = {s: 100 * m[key] for s, m in by_arm[arm].items() if key in m}
+            b = {s: 100 * m[key] for s, m in by_arm[baseline].items() if key in m}
+            d = paired_difference(a, b)
+            if d is not None:
+                summary["paired"][arm][key] = {**d.__dict__, "verdict": d.verdict}
+    return summary
 
 
-def plot(path: Path, runs: List[dict], args) -> None:
+def _cell(stat: dict) -> str:
+    if not stat:
+        return "–"
+    return f"{stat['mean']:.1f}" + (f" ± {stat['sd']:.1f}" if stat.get("sd") is not None else "")
+
+
+def _diff_cell(d: dict) -> str:
+    if not d:
+        return "–"
+    if d["low"] is None:
+        return f"{d['mean']:+.1f}"
+    return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+
+
+def markdown(summary: dict, arms: Sequence[str], chance: Dict[str, float], header: Sequence[str]) -> str:
+    """The study's ``results.md``: ``header`` lines, the per-arm table, the paired-difference table."""
+    baseline = summary["baseline"]
+    cols = [MEAN_RECALL] + [m for m in METRICS if any(m[0] in summary["arms"][a] for a in arms)]
+    lines = [*header, "", "Per arm, % (mean ± sd over seeds):", "",
+             "| arm | " + " | ".join(t for _, t in cols) + " | train time (s) |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for arm in arms:
+        s = summary["arms"][arm]
+        time_cell = f"{s['train_seconds']['mean']:.0f}" if "train_seconds" in s else "–"
+        lines.append(f"| {arm}{' (baseline)' if arm == baseline else ''} | "
+                     + " | ".join(_cell(s.get(k)) for k, _ in cols) + f" | {time_cell} |")
+    if chance:
+        lines.append("| *chance* | " + " | ".join(f"{chance[k]:.1f}" if k in chance else "" for k, _ in cols) + " | |")
+    lines += ["", f"Paired difference to `{baseline}`, points (mean [95% CI over seeds], t interval); "
+                  "wins = seeds where the arm scored higher:", "",
+              "| arm | " + " | ".join(t for _, t in cols) + " | wins (mean recall) | verdict (mean recall) |",
+              "|---|" + "---|" * (len(cols) + 2)]
+    for arm in arms:
+        if arm == baseline:
+            continue
+        p = summary["paired"].get(arm, {})
+        main = p.get(MEAN_RECALL[0])
+        wins = f"{main['wins']}/{main['n']}" if main else "–"
+        lines.append(f"| {arm} | " + " | ".join(_diff_cell(p.get(k)) for k, _ in cols)
+                     + f" | {wins} | {main['verdict'] if main else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def forest_plot(path: Path, summary: dict, arms: Sequence[str], title: str) -> None:
+    """One panel per metric: each arm's paired difference to the baseline with its 95% CI, and a zero line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = list(dict.fromkeys(r["arm"] for r in runs))
-    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    ax = axes[0]
-    for r in runs:
-        c = r["curves"]
-        if c["step"]:
-            ax.plot(c["step"], c["loss"], color=colors[r["arm"]], alpha=0.85, lw=1,
-                    label=r["arm"] if r["seed"] == args.seeds[0] else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (each objective on its own scale)")
-    ax.set_yscale("log")
-    ax.set_title("training loss")
-    ax.legend()
-    ax = axes[1]
-    for r in runs:
-        val = r["curves"]["val"]
-        if val:
-            ep = [v["epoch"] for v in val]
-            mean5 = [(v.get("image_to_text_R@5", 0) + v.get("text_to_image_R@5", 0)) / 2 * 100 for v in val]
-            ax.plot(ep, mean5, marker="o", color=colors[r["arm"]], label=r["arm"] if r["seed"] == args.seeds[0] else None)
-    ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("held-out recall@5, mean of i→t and t→i (%)")
-    ax.set_title("held-out retrieval during training")
-    ax.legend()
-    ax = axes[2]
-    keys = [k for k, _ in METRICS[:6]]
-    width = 0.8 / max(1, len(arms))
-    for i, arm in enumerate(arms):
-        rs = [r for r in runs if r["arm"] == arm]
-        means, sds = [], []
-        for k in keys:
-            m, s = _mean_sd([r["eval"][k] * 100 for r in rs])
-            means.append(m)
-            sds.append(s or 0)
-        xs = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(keys))]
-        ax.bar(xs, means, width, yerr=sds, color=colors[arm], label=arm, capsize=2)
-    ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([t for _, t in METRICS[:6]], rotation=30)
-    ax.set_ylabel("%")
-    ax.set_title("final held-out recall")
-    ax.legend()
-    fig.suptitle(f"{args.model}, {args.epochs}x{args.steps_per_epoch} steps, batch {args.batch_size}, "
-                 f"{args.image_size} px, seeds {' '.join(map(str, args.seeds))}")
+    others = [a for a in arms if a != summary["baseline"]]
+    keys = [MEAN_RECALL] + [m for m in METRICS if any(m[0] in summary["paired"].get(a, {}) for a in others)]
+    ncols = min(3, len(keys))
+    nrows = (len(keys) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 0.5 * len(others) * nrows + 1.6 * nrows),
+                             squeeze=False)
+    for ax, (key, label) in zip(axes.flat, keys):
+        for y, arm in enumerate(others):
+            d = summary["paired"].get(arm, {}).get(key)
+            if not d:
+                continue
+            color = "tab:green" if d["low"] is not None and d["low"] > 0 else \
+                "tab:red" if d["high"] is not None and d["high"] < 0 else "tab:gray"
+            if d["low"] is not None:
+                ax.plot([d["low"], d["high"]], [y, y], color=color, lw=2)
+            ax.plot([d["mean"]], [y], "o", color=color)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(others)))
+        ax.set_yticklabels(others)
+        ax.invert_yaxis()
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel(f"points vs {summary['baseline']}")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title + "\n(dot: mean paired difference; bar: 95% CI over seeds; green/red: CI excludes 0)",
+                 fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def chance_levels(data: dict) -> Dict[str, float]:
+    """Recall@k and zero-shot accuracy of a random ranking / guess, in %."""
+    n = len(data["images"])
+    out = {f"{d}_R@{k}": 100 * min(k, n) / n for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    out[MEAN_RECALL[0]] = sum(out[k] for k in RECALL_KEYS) / len(RECALL_KEYS)
+    if data.get("classes"):
+        out["clipart_zeroshot"] = 100 / len(data["classes"])
+    if "fashion" in data:
+        out["fashion_mnist_zeroshot"] = 10.0
+    return out
+
+
+__all__ += ["chance_levels", "PairedDiff"]

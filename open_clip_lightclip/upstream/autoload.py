@@ -16,6 +16,7 @@ _HOOKS = {
     "clip_benchmark.metrics.zeroshot_classification": "install_clip_benchmark_zeroshot",
     "open_clip_train.scheduler": "install_scheduler",
     "open_clip_train.file_utils": "install_file_utils",
+    "open_clip_train.data": "install_data",
     "torch.distributed.run": "install_torchrun",
 }
 

@@ -12,6 +12,7 @@ module (``autoload._HOOKS``) has executed. It adds what upstream lacks:
 * ``open_clip_train.scheduler``: the trainer's step / total steps (:mod:`open_clip_lightclip.losses.progress`);
 * ``open_clip_train.file_utils``: ``--resume`` of an unreadable file stops with one line; known input
   errors of the trainer print as one line (:mod:`.errors`);
+* ``open_clip_train.data``: the training data order depends on ``--seed`` alone (paired studies);
 * ``clip_benchmark``: its zero-shot accuracy under NumPy 2.4;
 * ``torch.distributed.run``: torchrun's parser no longer rejects ``--logs`` as ambiguous.
 
@@ -235,6 +236,67 @@ def install_file_utils(file_utils: types.ModuleType) -> None:
 
     file_utils.pt_load = pt_load
     _INSTALLED.add("file_utils")
+
+
+# --- open_clip_train.data ------------------------------------------------------------------
+def _worker_seed(increment: int = 0) -> int:
+    """A data-loading seed from the run's ``--seed``, rank, DataLoader worker and ``increment`` (epoch):
+    the same in every run with the same flags, whatever else consumed torch's RNG before."""
+    import hashlib
+
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    args = _TRAINER_ARGS
+    key = f"{args.seed}:{getattr(args, 'rank', 0)}:{info.id if info else 0}:{increment}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
+
+
+class _SeededShuffle:
+    """Stands in for ``wds.shuffle(bufsize, initial)``: the same buffer shuffle, seeded by :func:`_worker_seed`
+    (one seed per pass over the data), instead of webdataset's ``pid + time`` seed."""
+
+    def __init__(self, bufsize: int = 1000, initial: int = 100, **kwargs):
+        self.bufsize, self.initial, self.kwargs, self.passes = bufsize, initial, kwargs, 0
+
+    def __call__(self, src):
+        import random
+
+        from webdataset.filters import _shuffle
+
+        self.passes += 1
+        rng = random.Random(_worker_seed(1_000_003 + self.passes))  # apart from the shard seeds (epoch)
+        return _shuffle(src, self.bufsize, self.initial, rng, **self.kwargs)
+
+
+def install_data(data: types.ModuleType) -> None:
+    """Make the training data order a function of ``--seed`` alone, so two runs with the same seed see the
+    same samples in the same order (what paired studies rely on). Upstream seeds its sample shuffle buffer
+    from ``pid + time`` and its shard resampling from torch's RNG state when the loader starts, which
+    depends on everything the run built before (e.g. LightCLIP's training heads)."""
+    if "data" in _INSTALLED or not hasattr(data, "pytorch_worker_seed") or _upstream_has_hooks():
+        return
+    upstream_seed = data.pytorch_worker_seed
+
+    @functools.wraps(upstream_seed)
+    def pytorch_worker_seed(increment=0):
+        if _TRAINER_ARGS is None or getattr(_TRAINER_ARGS, "seed", None) is None:
+            return upstream_seed(increment)
+        return _worker_seed(increment)
+
+    data.pytorch_worker_seed = pytorch_worker_seed
+    upstream_shuffle = data.wds.shuffle
+
+    def shuffle(bufsize=1000, initial=100, **kwargs):
+        if _TRAINER_ARGS is None or getattr(_TRAINER_ARGS, "seed", None) is None:
+            return upstream_shuffle(bufsize, initial, **kwargs)
+        return _SeededShuffle(bufsize, initial, **kwargs)
+
+    proxy = types.ModuleType(data.wds.__name__)  # data.py's `wds`, with the seeded shuffle
+    proxy.__dict__.update(data.wds.__dict__)
+    proxy.shuffle = shuffle
+    data.wds = proxy
+    _INSTALLED.add("data")
 
 
 # --- clip_benchmark.metrics.zeroshot_classification ------------------------------------------

@@ -1,8 +1,33 @@
-"""Command lines of the real trainer (``python -m open_clip_train.main``), for the demo and tests."""
+"""Command lines of the real trainer (``python -m open_clip_train.main``): built for studies and tests, checked."""
+import contextlib
+import io
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-__all__ = ["trainer_command"]
+__all__ = ["trainer_command", "trainer_parse_error"]
+
+
+def trainer_parse_error(argv: Sequence[str]) -> Optional[str]:
+    """The trainer parser's one-line error for ``argv`` (plugin flags and their checks included), or None.
+
+    Parses in this process without side effects: the parsed args are not left pending for the
+    next model this process builds."""
+    from open_clip_train.params import parse_args
+
+    from . import hooks
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parse_args(list(argv))
+    except SystemExit as e:
+        if e.code in (0, None):
+            return None
+        lines = [line for line in err.getvalue().strip().splitlines() if line.strip()]
+        return lines[-1].split("error: ", 1)[-1] if lines else f"exit {e.code}"
+    finally:
+        hooks._PENDING_TRAINER_ARGS = None
+    return None
 
 
 def trainer_command(

@@ -1,0 +1,258 @@
+"""A study: arms x seeds through the real trainer on one data set, model and budget, evaluated and compared.
+
+Runs are paired by seed: the trainer's ``--seed`` fixes the towers' initial weights and the data
+order, so two arms of one seed differ only in their flags. Resumable: finished runs (same command
+line, evaluated) are reused, an interrupted run's folder is moved aside. Writes ``results.md``,
+``results.json`` and the forest plot ``results.png`` to the output folder after every run.
+"""
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ..upstream.trainer_cmd import trainer_command
+from . import report
+from .arms import Arm, StudyError, check_arms
+from .evaluate import evaluate_checkpoint, load_eval_data
+from .runs import cpu_seconds, finished_run, log, move_aside, read_curves, train
+
+__all__ = ["StudyConfig", "run_study", "prepare_clipart_shards", "APT_LINE"]
+
+APT_LINE = "apt-get install -y openclipart-png openclipart-svg dataset-fashion-mnist"
+
+
+@dataclass
+class StudyConfig:
+    out: str = "ablate_out"
+    model: str = "LightCLIP-Tiny"
+    image_size: Optional[int] = None  # None: the shards' size (128 when building the clip art)
+    batch_size: int = 64
+    steps_per_epoch: int = 80
+    epochs: int = 5
+    lr: float = 1e-3
+    warmup: int = 40
+    seeds: Sequence[int] = (0, 1, 2)
+    data: Optional[str] = None  # shards made by build-shards (a folder with build_info.json)
+    max_images: int = 0
+    heldout_fraction: float = 0.1
+    fashion_mnist_samples: int = 10000
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    threads: int = 0
+    build_workers: int = 2
+    log_every: int = 5
+    trainer_args: str = ""
+    no_apt: bool = False
+    tag: str = "study"
+    command_line: str = ""
+    default_image_size: int = 128
+    extra_notes: List[str] = field(default_factory=list)
+
+    def common_flags(self, info: dict) -> List[str]:
+        """Flags every arm's run gets (the arm's own flags come last)."""
+        return ["--force-image-size", str(self.image_size), "--dataset-resampled",
+                "--train-num-samples", str(self.steps_per_epoch * self.batch_size),
+                "--val-data", info["heldout_data"], "--val-frequency", "1", "--save-frequency", "0",
+                "--log-every-n-steps", str(self.log_every), *shlex.split(self.trainer_args)]
+
+
+# ---------------------------------------------------------------- data
+
+
+def ensure_debian_data(need_clipart: bool, fashion_dir: Optional[Path], allow_apt: bool, tag: str) -> List[str]:
+    """Install the Debian data packages when root (apt-get); the ones still missing."""
+    from ..data.sources import OPENCLIPART_ROOT
+
+    def missing():
+        out = []
+        if need_clipart and not (OPENCLIPART_ROOT / "png").is_dir():
+            out.append("openclipart-png")
+        if need_clipart and not (OPENCLIPART_ROOT / "svg").is_dir():
+            out.append("openclipart-svg")
+        if fashion_dir is not None and not (fashion_dir / "t10k-images-idx3-ubyte.gz").is_file():
+            out.append("dataset-fashion-mnist")
+        return out
+
+    todo = missing()
+    if todo and allow_apt and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        log(f"installing Debian packages: {' '.join(todo)}", tag)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends", *todo]
+        if subprocess.call(cmd, env=env) != 0:
+            subprocess.call(["apt-get", "update"], env=env)
+            subprocess.call(cmd, env=env)
+        todo = missing()
+    return todo
+
+
+def prepare_clipart_shards(cfg: StudyConfig, data: Path) -> dict:
+    """Build (or reuse) the clip-art shards in ``data``; their build info."""
+    from ..data import shards, sources
+
+    info_path = data / "build_info.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if info.get("image_size") != cfg.image_size or info.get("heldout_fraction") != cfg.heldout_fraction \
+                or info.get("max_images", 0) != cfg.max_images:
+            raise StudyError(f"{data} holds shards built with other settings (image size {info.get('image_size')}, "
+                             f"held-out fraction {info.get('heldout_fraction')}, max images {info.get('max_images', 0)}); "
+                             "choose another --out, or pass --image-size to match")
+        log(f"reusing shards in {data} ({info['written']['train']} train / {info['written']['heldout']} held out)",
+            cfg.tag)
+        return info
+    if any(data.glob("*.tar")):
+        raise StudyError(f"{data} holds shards but no build_info.json (an interrupted build?); move it away")
+    log(f"building shards from the clip art into {data} ({cfg.image_size} px)", cfg.tag)
+    stats = sources.BuildStats()
+    records = list(sources.openclipart_records(stats=stats))
+    if cfg.max_images:
+        records = records[:cfg.max_images]
+    info = shards.build_shards(records, data, image_size=cfg.image_size, heldout_fraction=cfg.heldout_fraction,
+                               split_seed=0, samples_per_shard=1000, stats=stats, source="openclipart",
+                               workers=cfg.build_workers, progress=True)
+    info["max_images"] = cfg.max_images
+    info_path.write_text(json.dumps(info, indent=1))
+    log(f"shards: {info['written']['train']} train / {info['written']['heldout']} held out; skipped "
+        f"{info['skipped_broken']} broken image(s), {info['skipped_no_caption']} without caption", cfg.tag)
+    return info
+
+
+def _data(cfg: StudyConfig) -> dict:
+    fashion_dir = Path(cfg.fashion_mnist_dir) if cfg.fashion_mnist_samples > 0 else None
+    if cfg.data is not None:
+        info_path = Path(cfg.data) / "build_info.json"
+        if not info_path.is_file():
+            raise StudyError(f"{info_path} not found; make the shards with `open-clip-lightclip build-shards`")
+        info = json.loads(info_path.read_text())
+        cfg.image_size = cfg.image_size or info["image_size"]
+    else:
+        cfg.image_size = cfg.image_size or cfg.default_image_size
+    missing = ensure_debian_data(cfg.data is None, fashion_dir, not cfg.no_apt, cfg.tag) \
+        if (cfg.data is None or fashion_dir is not None) else []
+    if cfg.data is None and any(p.startswith("openclipart") for p in missing):
+        raise StudyError(f"the study needs the Debian packages {', '.join(missing)}: install them with "
+                         f"`sudo {APT_LINE}`, or point --data at shards made by `open-clip-lightclip build-shards`")
+    if "dataset-fashion-mnist" in missing:
+        log("Fashion-MNIST not available: skipping that check", cfg.tag)
+        cfg.fashion_mnist_samples = 0
+    if cfg.data is None:
+        info = prepare_clipart_shards(cfg, Path(cfg.out) / "data")
+    if not info.get("train_data") or not info.get("heldout_data"):
+        raise StudyError("the shards need both a train and a held-out split (build-shards --heldout-fraction > 0)")
+    return info
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _header(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, wall: float, reused: bool) -> List[str]:
+    lines = [
+        f"# open-clip-lightclip {cfg.tag} results", "",
+        f"Model `{cfg.model}` at {cfg.image_size} px, trained from scratch through `open_clip_train.main`; every arm: "
+        f"{cfg.epochs} epochs x {cfg.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr}, warmup {cfg.warmup}; "
+        f"seeds {', '.join(map(str, cfg.seeds))} (paired: one seed = the same initial towers and data order in every arm).",
+        f"Data: {info['written']['train']} train / {info['written']['heldout']} held-out captioned images "
+        f"({info.get('source') or 'shards'}). Metrics: clip_benchmark's zero-shot retrieval (recall@k) and "
+        "classification (top-1) on the held-out split.",
+        "", "Arms (trainer flags after the common ones):", "",
+    ]
+    lines += [f"- `{a.name}`{' (baseline)' if a.name == baseline else ''}: `{a.command_text or '(none)'}`"
+              for a in arms.values()]
+    cpu = cpu_seconds(False) + cpu_seconds(True)
+    lines += ["", f"Wall time of this invocation: {wall / 60:.1f} min"
+              + (" (finished runs were reused)" if reused else "")
+              + f"; CPU time (all processes): {cpu / 60:.1f} min; machine: {platform.machine()}, "
+              f"{os.cpu_count()} cores; date: {time.strftime('%Y-%m-%d')}.", *cfg.extra_notes, "",
+              f"Command: `{cfg.command_line}`"]
+    return lines
+
+
+def _write_results(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, runs: List[dict],
+                   data: Optional[dict], start: float) -> str:
+    out = Path(cfg.out)
+    names = list(arms)
+    summary = report.summarize_runs(runs, names, baseline)
+    chance = report.chance_levels(data) if data else {}
+    text = report.markdown(summary, names, chance,
+                           _header(cfg, info, arms, baseline, time.time() - start, any(r.get("reused") for r in runs)))
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(
+        {"config": asdict(cfg), "baseline": baseline, "arms": {a.name: list(a.flags) for a in arms.values()},
+         "runs": runs, "summary": summary}, indent=1, default=str))
+    if any("eval" in r for r in runs) and len(names) > 1:
+        report.forest_plot(out / "results.png", summary, names,
+                           f"{cfg.model}, {cfg.image_size} px, {cfg.epochs}x{cfg.steps_per_epoch} steps of "
+                           f"{cfg.batch_size}, seeds {' '.join(map(str, cfg.seeds))}")
+    return text
+
+
+def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) -> int:
+    """Check everything, then train, evaluate and report every (seed, arm); 0 on success."""
+    start = time.time()
+    out = Path(cfg.out)
+    size = cfg.image_size
+    cfg.image_size = size or cfg.default_image_size  # the value does not matter to the check
+    common = ["--train-data", "TRAIN.tar", "--model", cfg.model, "--batch-size", str(cfg.batch_size),
+              *cfg.common_flags({"heldout_data": "HELDOUT.tar"})]
+    arm_map = check_arms(arms, baseline, cfg.seeds, common)  # before any data is built or run trained
+    cfg.image_size = size
+    info = _data(cfg)
+    logs = out / "logs"
+    total_steps = cfg.steps_per_epoch * cfg.epochs
+    plan = [(seed, arm) for seed in cfg.seeds for arm in arm_map.values()]
+    data = None
+    runs: List[dict] = []
+    fresh_seconds: List[float] = []
+    for i, (seed, arm) in enumerate(plan, 1):
+        name = f"{arm.name}-seed{seed}"
+        run_dir = logs / name
+        ckpt = run_dir / "checkpoints" / f"epoch_{cfg.epochs}.pt"
+        cmd = trainer_command(info["train_data"], str(logs), name, model=cfg.model, loss=None,
+                              batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, warmup=cfg.warmup, seed=seed,
+                              extra=[*cfg.common_flags(info), *arm.flags])
+        elapsed = time.time() - start
+        left = len(plan) - i + 1
+        eta = f", study eta {sum(fresh_seconds) / len(fresh_seconds) * left / 60:.0f} min" if fresh_seconds else ""
+        log(f"run {i}/{len(plan)} {name}: elapsed {elapsed / 60:.1f} min{eta}", cfg.tag)
+        record = finished_run(run_dir, cmd, ckpt)
+        if record is not None:
+            log(f"{name}: reusing the finished run in {run_dir}", cfg.tag)
+            record["reused"] = True
+        else:
+            if run_dir.exists():
+                log(f"{name}: moved the earlier run folder aside to {move_aside(run_dir)}", cfg.tag)
+            log(f"  $ {shlex.join(cmd)}", cfg.tag)
+            t0 = time.time()
+            record = train(cmd, run_dir, ckpt, total_steps, cfg.steps_per_epoch, cfg.batch_size, cfg.threads,
+                           report=lambda msg: log(msg, cfg.tag))
+            if record is None:
+                return 1
+            fresh_seconds.append(time.time() - t0)
+        record.update(arm=arm.name, seed=seed)
+        if "eval" not in record:
+            if data is None:
+                data = load_eval_data(info["heldout_data"], cfg.fashion_mnist_samples, cfg.fashion_mnist_dir)
+            record["eval"] = evaluate_checkpoint(cfg.model, str(ckpt), cfg.image_size, data)
+            (run_dir / "study_run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "reused"},
+                                                               indent=1))
+        e = record["eval"]
+        log(f"{name}: i→t R@1/5/10 {e['i2t_R@1']:.3f}/{e['i2t_R@5']:.3f}/{e['i2t_R@10']:.3f}  t→i "
+            f"{e['t2i_R@1']:.3f}/{e['t2i_R@5']:.3f}/{e['t2i_R@10']:.3f}  clip-art zero-shot "
+            f"{e.get('clipart_zeroshot', float('nan')):.3f}  Fashion-MNIST {e.get('fashion_mnist_zeroshot', float('nan')):.3f}",
+            cfg.tag)
+        record["curves"] = read_curves(run_dir, cfg.steps_per_epoch, cfg.batch_size)
+        runs.append(record)
+        if data is None:
+            data = load_eval_data(info["heldout_data"], cfg.fashion_mnist_samples, cfg.fashion_mnist_dir)
+        _write_results(cfg, info, arm_map, baseline, runs, data, start)
+    text = _write_results(cfg, info, arm_map, baseline, runs, data, start)
+    print()
+    print(text)
+    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'} in "
+        f"{(time.time() - start) / 60:.1f} min", cfg.tag)
+    return 0

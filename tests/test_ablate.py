@@ -1,0 +1,222 @@
+"""`open-clip-lightclip ablate` (and `demo`, its preset): arms, pairing by seed, statistics, resume, bad input."""
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import run_python
+from open_clip_lightclip.cli import main
+from open_clip_lightclip.data.synthetic import synthetic_samples
+from open_clip_lightclip.studies import evaluate, report
+from open_clip_lightclip.studies.arms import StudyError, check_arms, parse_arm, read_arms_file
+from open_clip_lightclip.studies.stats import paired_difference, t_quantile_975
+from test_build_shards import write_fake_fashion_mnist
+
+
+# --- arms ---------------------------------------------------------------------------------------------
+def test_arms_from_the_command_line_and_from_files(tmp_path):
+    arm = parse_arm("soft=--loss lightclip --lightclip-token-weight 0 --lightclip-soft-label-spread similarity")
+    assert arm.name == "soft" and arm.flags == ("--loss", "lightclip", "--lightclip-token-weight", "0",
+                                                "--lightclip-soft-label-spread", "similarity")
+    (tmp_path / "arms.json").write_text(json.dumps(
+        {"baseline": "clip", "arms": {"clip": "--loss clip", "mlm": ["--loss", "lightclip", "--lightclip-token-weight", "0"]}}))
+    arms, baseline = read_arms_file(tmp_path / "arms.json")
+    assert baseline == "clip" and [(a.name, a.flags) for a in arms] == [
+        ("clip", ("--loss", "clip")), ("mlm", ("--loss", "lightclip", "--lightclip-token-weight", "0"))]
+    yaml = pytest.importorskip("yaml")
+    (tmp_path / "arms.yaml").write_text(yaml.safe_dump({"baseline": "a", "arms": ["a=--loss clip", "b=--loss siglip"]}))
+    arms, baseline = read_arms_file(tmp_path / "arms.yaml")
+    assert baseline == "a" and [a.flags for a in arms] == [("--loss", "clip"), ("--loss", "siglip")]
+
+
+COMMON = ["--train-data", "x.tar", "--model", "LightCLIP-Tiny"]
+
+
+@pytest.mark.parametrize("arms, baseline, seeds, message", [
+    (["a=--loss clip", "a=--loss siglip"], "a", [0], "duplicate arm name(s) a: every arm needs its own name"),
+    (["a=--loss clip", "b=--loss siglip"], None, [0], "no baseline: name one of the arms with --baseline (a, b)"),
+    (["a=--loss clip", "b=--loss siglip"], "c", [0], "baseline 'c' is not an arm (a, b)"),
+    (["a=--loss clip"], "a", [], "no seeds: give --seeds 0 1 2"),
+    (["a=--loss clip"], "a", [0, 0], "repeats a seed"),
+    (["a=--loss clip", "b=--loss lightclip --lightclip-no-such 3"], "a", [0],
+     "arm 'b' (--loss lightclip --lightclip-no-such 3): unrecognized arguments: --lightclip-no-such 3"),
+    (["a=--loss clip", "b=--loss lightclip --lightclip-sinkhorn-iters 0"], "a", [0],
+     "arm 'b' (--loss lightclip --lightclip-sinkhorn-iters 0): --lightclip-sinkhorn-iters must be >= 1, got 0"),
+])
+def test_bad_studies_stop_in_one_line_before_training(arms, baseline, seeds, message):
+    with pytest.raises(StudyError) as e:
+        check_arms([parse_arm(a) for a in arms], baseline, seeds, COMMON)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_arm_flags_the_study_owns_are_refused():
+    with pytest.raises(StudyError, match="--seed is set by the study for every arm"):
+        parse_arm("a=--loss clip --seed 3")
+    with pytest.raises(StudyError, match="write it as NAME=TRAINER FLAGS"):
+        parse_arm("--loss clip")
+
+
+def test_cli_bad_arm_stops_before_any_data_or_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["ablate", "--out", str(out), "--data", str(tmp_path / "missing"), "--baseline", "clip",
+                 "--arms", "clip", "x=--loss lightclip --lightclip-token-weight -1"])
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip() == (
+        "error: arm 'x' (--loss lightclip --lightclip-token-weight -1): --lightclip-token-weight must be >= 0 "
+        "(0 turns the term off)")
+    assert main(["ablate", "--out", str(out), "--arms", "clip", "nosuchloss"]) == 2
+    assert "arm 'nosuchloss': not a registered --loss" in capsys.readouterr().err
+
+
+# --- statistics ---------------------------------------------------------------------------------------
+def test_paired_ci_by_hand():
+    d = paired_difference({0: 1.0, 1: 3.0, 2: 5.0, 7: 9.0}, {0: 0.0, 1: 1.0, 2: 2.0})  # seed 7 unpaired: ignored
+    # differences 1, 2, 3: mean 2, sd 1, t_{0.975, 2} = 4.303, half width 4.303 / sqrt(3) = 2.4843
+    assert (d.n, d.mean, d.sd, d.wins) == (3, 2.0, 1.0, 3)
+    assert d.low == pytest.approx(2 - 2.48434, abs=1e-4) and d.high == pytest.approx(2 + 2.48434, abs=1e-4)
+    assert d.verdict == "no difference beyond the CI"
+    assert paired_difference({0: 2.0, 1: 2.5}, {0: 1.0, 1: 1.4}).verdict == "better"  # diffs 1.0, 1.1
+    assert paired_difference({0: 1.0}, {0: 2.0}).low is None
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(30) == 2.042 and 1.96 < t_quantile_975(200) < 1.98
+
+
+# --- evaluation with clip_benchmark's metrics -------------------------------------------------------------
+class _FixedModel(torch.nn.Module):
+    """encode_image / encode_text return fixed vectors: image i is [i-th basis vector]; a text names its vector."""
+
+    def __init__(self, vectors):
+        super().__init__()
+        self.vectors = vectors
+
+    def encode_image(self, x):
+        return torch.stack([self.vectors[int(v)] for v in x[:, 0, 0, 0]])
+
+    def encode_text(self, tokens):
+        return torch.stack([self.vectors[int(t)] for t in tokens[:, 0]])
+
+
+def test_retrieval_metrics_are_clip_benchmarks_on_a_hand_checkable_case():
+    # 3 pairs: image 0 and 1 retrieve their own text; image 2's nearest text is text 0
+    vectors = {0: torch.tensor([1.0, 0.0, 0.0]), 1: torch.tensor([0.0, 1.0, 0.0]), 2: torch.tensor([0.9, 0.0, 0.1]),
+               10: torch.tensor([0.0, 0.0, 1.0])}
+    images = [0, 1, 2]
+    preprocess = lambda i: torch.full((3, 1, 1), float(i))  # noqa: E731
+    tokenizer = lambda texts: torch.tensor([[int(t)] for t in texts])  # noqa: E731
+    m = evaluate.retrieval_metrics(_FixedModel(vectors), preprocess, tokenizer, images, ["0", "1", "10"], ks=(1, 2))
+    # i->t: image 2 ranks text "10" (score 0.1) below text "0" (0.9): R@1 = 2/3, R@2 = 1
+    # t->i: text "10" ranks image 2 (0.1) first of its scores (0, 0, 0.1): R@1 = 1
+    assert m == {"i2t_R@1": pytest.approx(2 / 3), "i2t_R@2": 1.0, "t2i_R@1": 1.0, "t2i_R@2": 1.0}
+
+
+# --- end to end: the real trainer ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mini_shards(tmp_path_factory):
+    """A generated folder of 96 captioned shapes (categories = shape), built into shards at 32 px."""
+    root = tmp_path_factory.mktemp("ablate")
+    src = root / "src"
+    for key, image, caption in synthetic_samples(96, 48, seed=1):
+        folder = src / caption.split()[2]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{key}.png")
+        (folder / f"{key}.txt").write_text(f"{caption} number {key[-3:]}")
+    assert main(["build-shards", "folder", str(src), "--out", str(root / "shards"), "--image-size", "32",
+                 "--heldout-fraction", "0.25", "--no-progress", "--workers", "1"]) == 0
+    return root / "shards"
+
+
+BUDGET = ["--steps-per-epoch", "2", "--epochs", "2", "--batch-size", "8", "--warmup", "1", "--log-every", "1",
+          "--threads", "1", "--no-apt"]
+
+
+def _losses(run_dir):
+    """The training loss of every logged step, as the trainer prints it (4 decimals)."""
+    return re.findall(r"Train Epoch: .* Loss: ([\d.]+)", (run_dir / "out.log").read_text())
+
+
+@pytest.mark.slow
+def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
+    out = tmp_path / "study"
+    arms = ["clip", "inst=--loss lightclip --lightclip-token-weight 0 --lightclip-mlm-weight 0 "
+                    "--lightclip-soft-label-max 0", "all=--loss lightclip"]
+    cmd = ["-m", "open_clip_lightclip.cli", "ablate", "--data", str(mini_shards), "--out", str(out), "--baseline",
+           "clip", "--seeds", "0", "1", "--fashion-mnist-samples", "0", "--arms", *arms, *BUDGET]
+    proc = run_python(cmd)
+    assert re.search(r"run 6/6 all-seed1: elapsed [\d.]+ min, study eta \d+ min", proc.stdout)
+    logs = out / "logs"
+    # paired: one seed gives every arm the same initial towers and the same batches, so the instance term alone
+    # with e_max 0 (= CLIP's loss) reproduces the clip arm step by step; another seed does not
+    assert _losses(logs / "inst-seed0") == _losses(logs / "clip-seed0") and len(_losses(logs / "clip-seed0")) == 4
+    assert _losses(logs / "clip-seed1") != _losses(logs / "clip-seed0")
+    first_instance = re.search(r"Instance_loss: ([\d.]+)", (logs / "all-seed0" / "out.log").read_text()).group(1)
+    assert first_instance == _losses(logs / "clip-seed0")[0]  # heads added, same start
+
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["arm"], r["seed"]) for r in results["runs"]) == sorted(
+        (a, s) for a in ("clip", "inst", "all") for s in (0, 1))
+    paired = results["summary"]["paired"]
+    d = paired["all"]["mean_recall"]
+    assert d["n"] == 2 and d["low"] <= d["mean"] <= d["high"] and d["verdict"]
+    table = (out / "results.md").read_text()
+    assert "| arm | mean of the six recalls | i→t R@1 |" in table and "| *chance* |" in table
+    assert re.search(r"\| all \| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \|", table)
+    assert (out / "results.png").stat().st_size > 10_000
+
+    # resume: finished runs are reused; an interrupted run's folder is moved aside, then trained again
+    (logs / "all-seed1" / "checkpoints" / "epoch_2.pt").unlink()
+    again = run_python(cmd)
+    assert again.stdout.count("reusing the finished run") == 5
+    assert len(list(logs.glob("all-seed1.previous-*"))) == 1 and (logs / "all-seed1" / "checkpoints" / "epoch_2.pt").is_file()
+
+
+@pytest.mark.slow
+def test_demo_is_the_ablate_preset(mini_shards, tmp_path):
+    fashion = write_fake_fashion_mnist(tmp_path / "fashion", n=30)
+    out = tmp_path / "demo_out"
+    proc = run_python(["-m", "open_clip_lightclip.cli", "demo", "--data", str(mini_shards), "--out", str(out),
+                       "--arms", "clip", "siglip", "no-such-loss", "--fashion-mnist-dir", str(fashion),
+                       "--fashion-mnist-samples", "30", *BUDGET])
+    assert "no-such-loss is not registered" in proc.stdout and "skipping that arm" in proc.stdout
+    assert re.search(r"clip-seed0: step 4/4", proc.stdout)
+    results = json.loads((out / "results.json").read_text())
+    assert results["baseline"] == "clip" and results["arms"] == {"clip": ["--loss", "clip"], "siglip": ["--loss", "siglip"]}
+    for r in results["runs"]:
+        e = r["eval"]
+        assert all(0 <= e[k] <= 1 for k in ("i2t_R@1", "t2i_R@10", "clipart_zeroshot", "fashion_mnist_zeroshot"))
+        assert e["i2t_R@1"] <= e["i2t_R@5"] <= e["i2t_R@10"]
+        assert e["clipart_classes"] == 4 and e["fashion_mnist_images"] == 30
+        assert r["curves"]["step"] == [1, 2, 3, 4] and len(r["curves"]["val"]) == 2
+        # clip_benchmark's recall on the held-out split is the trainer's own --val-data recall (unique captions)
+        assert e["i2t_R@5"] == pytest.approx(r["curves"]["val"][-1]["image_to_text_R@5"], abs=1e-6)
+    a, b = (r["cmd"] for r in results["runs"])
+    assert [x for x, y in zip(a, b) if x != y] == ["clip-seed0", "clip"]  # same budget and seed: name and loss differ
+    table = (out / "results.md").read_text()
+    assert "Fashion-MNIST zero-shot" in table and "| siglip |" in table
+
+
+def test_demo_help_documents_the_budget_knobs(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for knob in ("--steps-per-epoch", "--epochs", "--image-size", "--batch-size", "--arms", "--seeds",
+                 "--trainer-args", "clip lightclip cliplite", "apt-get install -y openclipart-png",
+                 "preset of `open-clip-lightclip ablate`"):
+        assert knob in text
+
+
+def test_demo_refuses_unknown_data_folder(tmp_path, capsys):
+    assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--fashion-mnist-samples", "0"]) == 2
+    assert "build-shards" in capsys.readouterr().err
+
+
+def test_report_table_by_hand():
+    runs = [{"arm": a, "seed": s, "train_seconds": 10.0,
+             "eval": {k: v for k in report.RECALL_KEYS}} for a, vals in (("clip", (0.1, 0.2, 0.3)),
+                                                                      ("x", (0.2, 0.4, 0.3))) for s, v in enumerate(vals)]
+    summary = report.summarize_runs(runs, ["clip", "x"], "clip")
+    assert summary["arms"]["clip"]["mean_recall"]["mean"] == pytest.approx(20.0)
+    assert summary["arms"]["clip"]["mean_recall"]["sd"] == pytest.approx(10.0)
+    d = summary["paired"]["x"]["mean_recall"]  # differences 10, 20, 0 points
+    assert d["mean"] == pytest.approx(10.0) and d["wins"] == 2 and d["n"] == 3
+    text = report.markdown(summary, ["clip", "x"], {}, ["# t"])
+    assert "| clip (baseline) | 20.0 ± 10.0 |" in text and "| x | +10.0 [-14.8, +34.8] |" in text
