@@ -288,3 +288,24 @@ def test_fusion_blocks_leave_the_mlm_pass_unchanged_at_initialisation():
     fused = model.forward_train(images, text, mlm_mask=mlm_mask)["mlm_loss_sum"]
     model.lightclip_train.fusion = torch.nn.ModuleDict()  # the same pass, fusion blocks removed
     assert torch.equal(model.forward_train(images, text, mlm_mask=mlm_mask)["mlm_loss_sum"], fused)
+
+
+def test_token_term_with_its_own_learned_temperature():
+    """--lightclip-token-temperature own: the token term uses model.lightclip_train.token_logit_scale (CLIP's
+    initial 1/0.07, clamped at 100 like the model's), gets its gradient, and the instance term keeps logit_scale."""
+    model = _model_with_heads(mlm=False, token_temperature="own")
+    assert model.lightclip_train.token_logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    torch.nn.init.constant_(model.lightclip_train.token_logit_scale, 1.5)
+    out = model(torch.randn(3, 3, 64, 64), open_clip.get_tokenizer("LightCLIP-Tiny")(["a red circle", "a cat", "x y z"]))
+    assert out["token_logit_scale"].item() == pytest.approx(math.exp(1.5))
+    loss = LightCLIPLoss(mlm_weight=0, soft_label_max=0, progress=_fixed(0))
+    terms = loss(**out, output_dict=True)
+    expected = loss.token_loss(out["image_tokens"], out["text_tokens"], out["text_mask"], torch.tensor(math.exp(1.5)))
+    assert torch.allclose(terms["token_loss"], expected, atol=1e-6)
+    assert torch.allclose(terms["instance_loss"],
+                          loss.instance_loss(out["image_features"], out["text_features"], out["logit_scale"]), atol=1e-6)
+    terms["token_loss"].backward()
+    assert model.lightclip_train.token_logit_scale.grad.abs() > 0
+    shared = _model_with_heads(mlm=False)
+    assert not hasattr(shared.lightclip_train, "token_logit_scale")
+    assert "token_logit_scale" not in shared(torch.randn(2, 3, 64, 64), torch.randint(1, 400, (2, 32)))

@@ -162,7 +162,7 @@ class LightCLIPLoss(nn.Module):
     def forward(self, image_features, text_features, logit_scale, image_tokens: Optional[torch.Tensor] = None,
                 text_tokens: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None,
                 mlm_loss_sum: Optional[torch.Tensor] = None, mlm_count: Optional[torch.Tensor] = None,
-                output_dict: bool = False, **unused):
+                token_logit_scale: Optional[torch.Tensor] = None, output_dict: bool = False, **unused):
         losses = {}
         if not self._logged_schedule:
             self._logged_schedule = True
@@ -177,7 +177,7 @@ class LightCLIPLoss(nn.Module):
                 raise ValueError("token_loss needs image_tokens / text_tokens / text_mask from a LightCLIP model "
                                  "with lightclip_train heads (model.add_train_heads)")
             losses["token_loss"] = self.token_weight * self.token_loss(
-                image_tokens, text_tokens, text_mask, logit_scale)
+                image_tokens, text_tokens, text_mask, logit_scale if token_logit_scale is None else token_logit_scale)
         if self.mlm_weight > 0:
             if mlm_loss_sum is None:
                 raise ValueError("mlm_loss needs mlm_loss_sum / mlm_count from a LightCLIP model with an MLM head")
@@ -216,6 +216,8 @@ def _add_args(group) -> None:
       help="BERT rule for masked positions: mask embedding / random token / unchanged")
     a("--lightclip-mlm-attention", choices=("bidirectional", "causal"), default="bidirectional",
       help="attention of the MLM pass through the (shared) text tower")
+    a("--lightclip-token-temperature", choices=("shared", "own"), default="shared",
+      help="logit scale of the token term: the model's (shared with the instance term) or its own learned one")
 
 
 def _check_args(args) -> None:
@@ -272,6 +274,7 @@ def _configure_model(model, args) -> None:
         mask_prob=args.lightclip_mask_prob,
         mask_rule=tuple(args.lightclip_mask_rule),
         mlm_attention=args.lightclip_mlm_attention,
+        token_temperature=args.lightclip_token_temperature,
     ))
 
 

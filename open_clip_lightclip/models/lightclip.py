@@ -4,6 +4,7 @@ Inference (``encode_image`` / ``encode_text``) is exactly plain CLIP on the same
 When a training objective needs them (``output_tokens = True``), the dict ``forward`` returns
 in training mode also holds the image patch tokens and the text tower's per-position outputs.
 """
+import math
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -171,6 +172,8 @@ class LightCLIP(nn.Module):
             return out
         if heads.cfg.token:
             out["image_tokens"], out["text_tokens"] = heads.project_tokens(image_tokens, text_tokens)
+            if hasattr(heads, "token_logit_scale"):  # the token term's own temperature, clamped like CLIP's
+                out["token_logit_scale"] = heads.token_logit_scale.clamp(max=math.log(100)).exp()
         if heads.cfg.mlm:
             if mlm_mask is not None:
                 mlm_mask = tuple(m[:, :length] for m in mlm_mask)

@@ -11,6 +11,7 @@ Every tensor the loss needs is returned per sample, so the trainer's ``--accum-f
 * ``mlm_loss_sum`` (B,), ``mlm_count`` (B,): summed cross-entropy over each sample's
   masked positions, and how many there are.
 """
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from .fusion import FusionBlock, ImageKV
 
-__all__ = ["LightCLIPTrainCfg", "LightCLIPTrainHeads", "mask_tokens"]
+__all__ = ["LightCLIPTrainCfg", "LightCLIPTrainHeads", "mask_tokens", "TOKEN_TEMPERATURES"]
 
 
 @dataclass
@@ -33,6 +34,10 @@ class LightCLIPTrainCfg:
     mask_rule: Tuple[float, float, float] = (0.8, 0.1, 0.1)  # [MASK] / random token / unchanged
     mlm_attention: str = "bidirectional"  # or "causal" (CLIP's own mask)
     fusion_mlp_ratio: float = 2.0
+    token_temperature: str = "shared"  # token-term logit scale: the model's logit_scale, or "own" (learned)
+
+
+TOKEN_TEMPERATURES = ("shared", "own")
 
 
 def mask_tokens(
@@ -78,6 +83,10 @@ class LightCLIPTrainHeads(nn.Module):
         if cfg.token:
             self.image_token_proj = nn.Linear(image_token_dim, cfg.token_dim)
             self.text_token_proj = nn.Linear(text_width, cfg.token_dim)
+            if cfg.token_temperature not in TOKEN_TEMPERATURES:
+                raise ValueError(f"token_temperature must be one of {TOKEN_TEMPERATURES}, got {cfg.token_temperature!r}")
+            if cfg.token_temperature == "own":  # log(1/0.07), CLIP's initial temperature
+                self.token_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         if cfg.mlm:
             bad = [layer for layer in cfg.fusion_layers if not 1 <= layer <= text_layers]
             if bad:
