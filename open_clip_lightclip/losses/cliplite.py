@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distributed import local_term_scale, with_value
 from .registry import register_loss
 from .progress import PROGRESS
 
@@ -252,7 +253,10 @@ class ClipLiteLoss(nn.Module):
         self.calls += 1
         losses = {"cliplite_jsd": self.jsd(image_features, text_features, logit_scale, self.step_generator(step))}
         if self.prior is not None and self.prior_weight > 0:
-            losses["cliplite_prior"] = self.prior_weight * self.prior_term(image_features, text_features)
+            prior = self.prior_weight * self.prior_term(image_features, text_features)
+            # same fraction of its single-process gradient as the JSD term under DDP (see losses/distributed.py)
+            scale = local_term_scale(self.world_size, self.local_loss, self.gather_with_grad)
+            losses["cliplite_prior"] = prior if scale == 1.0 else with_value(scale * prior, prior)
         if output_dict:
             return losses
         return sum(losses.values())

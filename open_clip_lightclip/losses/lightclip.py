@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import all_reduce_sum, gather_batch
+from .distributed import all_reduce_sum, gather_batch, local_term_scale, with_value
 from .registry import register_loss
 from .token_matching import MATCHING_MODES, token_scores, trim_words
 
@@ -112,7 +112,7 @@ class LightCLIPLoss(nn.Module):
 
     def _gather(self, x: torch.Tensor, constant: bool = False) -> torch.Tensor:
         """Every rank's ``x`` (ClipLoss semantics); ``constant`` for tensors without gradient (masks)."""
-        return gather_batch(x, self.rank, self.world_size, self.gather_with_grad and not constant)
+        return gather_batch(x, self.rank, self.world_size, self.gather_with_grad and not constant, self.local_loss)
 
     def _labels(self, num_rows: int, device) -> torch.Tensor:
         offset = num_rows * self.rank if (self.local_loss and self.world_size > 1) else 0
@@ -155,9 +155,14 @@ class LightCLIPLoss(nn.Module):
         return _symmetric_ce(logit_scale * scores_i2t, logit_scale * scores_t2i, labels)
 
     def mlm_loss(self, mlm_loss_sum: torch.Tensor, mlm_count: torch.Tensor) -> torch.Tensor:
-        """Mean CE over all masked tokens of all ranks; times world size so DDP's mean is exact."""
+        """Mean CE over all masked tokens of all ranks (the value logged on every rank). Its gradient, after
+        DDP's averaging, is the same fraction of the single-process gradient as the instance term's
+        (:func:`~.distributed.local_term_scale`)."""
         total = all_reduce_sum(mlm_count.sum(), self.world_size).clamp(min=1)
-        return mlm_loss_sum.sum() * self.world_size / total
+        local = mlm_loss_sum.sum()
+        grad_part = local * (self.world_size * local_term_scale(self.world_size, self.local_loss,
+                                                                  self.gather_with_grad)) / total
+        return with_value(grad_part, all_reduce_sum(local, self.world_size) / total)
 
     def forward(self, image_features, text_features, logit_scale, image_tokens: Optional[torch.Tensor] = None,
                 text_tokens: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None,
