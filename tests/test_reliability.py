@@ -270,3 +270,43 @@ def test_export_refuses_a_folder_with_files_and_a_truncated_checkpoint(tmp_path,
     assert cli_main(["export", str(truncated), str(tmp_path / "new"), "--model", "LightCLIP-Tiny"]) == 1
     assert one_line_error(capsys.readouterr().err).startswith(f"error: {truncated}: cannot read it as a checkpoint")
     assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+# --- the trainer process: checkpoints are saved atomically; unused parameters frozen --------------------------
+def test_a_crash_while_saving_epoch_n_keeps_the_previous_file_whole(tmp_path):
+    from open_clip_train.params import parse_args
+
+    parse_args(["--train-data", "x.tar", "--model", "LightCLIP-Tiny"])  # a trainer process: the seam's fixes are on
+    path = tmp_path / "epoch_3.pt"
+    torch.save({"state_dict": {"w": torch.ones(3)}}, str(path))
+    before = snapshot(path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        torch.save({"state_dict": {"w": torch.zeros(3)}, "bad": Unpicklable()}, str(path))
+    assert snapshot(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["epoch_3.pt"]
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, str(path))
+    assert torch.equal(torch.load(path)["state_dict"]["w"], torch.zeros(3))
+
+
+@pytest.mark.parametrize("weights, frozen", [
+    ({"instance": "0"}, ["text.text_projection", "visual.proj.weight", "visual.trunk.conv_head.bias",
+                         "visual.trunk.conv_head.weight"]),
+    ({"instance": "0", "token": "0"}, ["logit_scale", "text.text_projection", "visual.proj.weight",
+                                       "visual.trunk.conv_head.bias", "visual.trunk.conv_head.weight"]),
+    ({}, []),
+])
+def test_parameters_no_term_uses_are_frozen(weights, frozen):
+    """DDP needs a gradient for every trainable parameter: with the instance term off, the pooled heads (and,
+    without the token term, logit_scale) are frozen instead of running DDP with find_unused_parameters."""
+    import open_clip
+    from open_clip_train.params import parse_args
+
+    flags = [x for term, w in weights.items() for x in (f"--lightclip-{term}-weight", w)]
+    parse_args(["--train-data", "x.tar", "--model", "LightCLIP-Tiny", "--loss", "lightclip", *flags])
+    model = open_clip.create_model("LightCLIP-Tiny", force_image_size=64)
+    assert sorted(n for n, p in model.named_parameters() if not p.requires_grad) == frozen
+    assert all(p.grad is None for p in model.parameters())  # the dry run leaves no gradient behind

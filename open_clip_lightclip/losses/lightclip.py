@@ -15,6 +15,7 @@ Distributed like ``ClipLoss``: features and tokens are gathered (``--gather-with
 ``--local-loss`` keep their meaning); the MLM term is the global mean over all ranks'
 masked tokens, scaled so DDP's gradient averaging yields its exact gradient.
 """
+import argparse
 import logging
 import math
 from typing import Optional
@@ -265,12 +266,55 @@ def _check_args(args) -> None:
                          "(--lr-scheduler const keeps the learning rate constant) or set --lightclip-soft-label-max 0")
 
 
-def _configure_model(model, args) -> None:
-    from ..models.train_heads import LightCLIPTrainCfg
+def unused_parameters(model: nn.Module, loss: nn.Module, batch: int = 2) -> list:
+    """Names of trainable parameters that no term of ``loss`` reaches (one dry forward + backward on dummy
+    data, global RNG state untouched): e.g. the pooled heads and projections when the instance term is off."""
+    was_training, output_dict = model.training, getattr(model, "output_dict", False)
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    g = torch.Generator().manual_seed(0)
+    first = next(model.parameters())
+    images = torch.randn(batch, 3, *size, generator=g).to(first.device, first.dtype)
+    text = torch.randint(1, 400, (batch, model.context_length), generator=g).to(first.device)
+    text[:, 0], text[:, 6], text[:, 7:] = model.text.vocab_size - 2, model.text.vocab_size - 1, 0  # SOT words EOT pad
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = {n: p.grad for n, p in params.items()}
+    with torch.random.fork_rng(devices=[]):
+        model.train()
+        model.output_dict = True
+        for p in params.values():
+            p.grad = None
+        loss(**model(images, text)).backward()
+        unused = [n for n, p in params.items() if p.grad is None]
+    for n, p in params.items():
+        p.grad = saved[n]
+    model.train(was_training)
+    model.output_dict = output_dict
+    return unused
 
+
+def _configure_model(model, args) -> None:
     token, mlm = args.lightclip_token_weight > 0, args.lightclip_mlm_weight > 0
     if not (token or mlm):
         return  # instance term only: a plain CLIP forward
+    _add_heads(model, args, token, mlm)
+    if args.lightclip_instance_weight == 0:
+        # the pooled embeddings (and, without the token term, logit_scale) feed no term: freeze what no term
+        # reaches, so DDP (which needs a gradient for every trainable parameter) trains without
+        # find_unused_parameters, and nothing untrained moves under weight decay
+        loss = create_lightclip_loss(argparse.Namespace(**{**vars(args), "rank": 0, "world_size": 1,
+                                                         "local_loss": False, "gather_with_grad": False}))
+        frozen = unused_parameters(model, loss)
+        for name, p in model.named_parameters():
+            if name in frozen:
+                p.requires_grad_(False)
+        logging.info(f"--lightclip-instance-weight 0: {len(frozen)} parameter tensors no term uses are frozen "
+                     f"({', '.join(frozen[:4])}{', ...' if len(frozen) > 4 else ''})")
+
+
+def _add_heads(model, args, token: bool, mlm: bool) -> None:
+    from ..models.train_heads import LightCLIPTrainCfg
+
     model.add_train_heads(LightCLIPTrainCfg(
         token=token,
         token_dim=args.lightclip_token_dim,

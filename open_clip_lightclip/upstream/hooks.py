@@ -185,7 +185,50 @@ class _PluginArgumentParser(argparse.ArgumentParser):
         from .errors import install_excepthook
 
         install_excepthook(lambda: getattr(_TRAINER_ARGS, "resume", None))
+        _install_trainer_process()
         return parsed
+
+
+def _install_trainer_process() -> None:
+    """What the trainer's ``main.py`` calls from torch directly, fixed for this process (once parsing shows it
+    is a trainer): DDP of a CPU model (upstream passes ``device_ids=[cpu]``, which DDP rejects, so several
+    ``--device cpu`` processes could not train), and ``epoch_N.pt`` saved atomically (upstream writes in
+    place: a crash during the save left a truncated file where a good checkpoint was)."""
+    if "trainer_process" in _INSTALLED:
+        return
+    import os
+    import re
+
+    import torch
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+
+    class DistributedDataParallel(ddp):
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None  # a CPU module: DDP takes no device ids
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    DistributedDataParallel.__qualname__ = ddp.__qualname__
+    torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
+
+    save = torch.save
+
+    @functools.wraps(save)
+    def atomic_save(obj, f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)) and re.fullmatch(r"epoch_\d+\.pt", os.path.basename(f)):
+            tmp = f"{f}.tmp-{os.getpid()}"
+            try:
+                save(obj, tmp, *args, **kwargs)
+                os.replace(tmp, f)  # the old file stays whole until the new one is complete
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            return None
+        return save(obj, f, *args, **kwargs)
+
+    torch.save = atomic_save
+    _INSTALLED.add("trainer_process")
 
 
 def install_params(params: types.ModuleType) -> None:
