@@ -17,7 +17,6 @@ from conftest import subprocess_env
 from open_clip_lightclip.data.synthetic import write_synthetic_shards
 from open_clip_lightclip.upstream.trainer_cmd import trainer_command
 
-pytestmark = pytest.mark.slow
 # the torchrun script (run by this Python), as users type it
 TORCHRUN = [sys.executable, str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
 
@@ -49,6 +48,7 @@ def _run(cmd, env=None, check=True):
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [
     ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0"],  # token alone
     ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0"],  # MLM alone
@@ -78,6 +78,7 @@ def _slurm_job(cmd, tasks=2):
     return outs
 
 
+@pytest.mark.slow
 def test_slurm_route_trains_and_resume_latest_continues_the_schedule(shards, tmp_path):
     """The trainer's SLURM branch (SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, MASTER_ADDR / MASTER_PORT), as
     examples/slurm/train_lightclip.sbatch launches it: then `--resume latest` picks up at the step it stopped."""
@@ -92,6 +93,7 @@ def test_slurm_route_trains_and_resume_latest_continues_the_schedule(shards, tmp
     assert (tmp_path / "logs" / "job" / "checkpoints" / "epoch_2.pt").is_file()
 
 
+@pytest.mark.slow
 def test_first_step_of_two_processes_equals_one_process_on_the_global_batch(shards, tmp_path):
     """2 x B == 1 x 2B: the logged terms and the updated parameters after one optimizer step. The image trunk
     is locked with frozen BatchNorm statistics (BN would see B samples instead of 2B), augmentation is off, MLM
@@ -125,3 +127,22 @@ def _initial_state():
 
     torch.manual_seed(0)  # the trainer's --seed 0 before building the model
     return open_clip.create_model("LightCLIP-Tiny", force_image_size=64).state_dict()
+
+
+def test_the_example_scripts_run_the_real_trainer_with_flags_it_accepts():
+    """examples/slurm/train_lightclip.sbatch (the SLURM route tested above) and the torchrun example:
+    their trainer flags parse, plugin checks included."""
+    import shlex
+
+    from open_clip_lightclip.upstream.trainer_cmd import trainer_parse_error
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for script, launcher in ((root / "slurm" / "train_lightclip.sbatch", "srun"),
+                             (root / "torchrun_multinode.sh", "torchrun")):
+        text = script.read_text().replace("\\\n", " ")
+        line = next(x for x in text.splitlines() if x.strip().startswith(launcher))
+        argv = shlex.split(line.replace('"$SHARDS"', "shards.tar"))
+        flags = argv[argv.index("open_clip_train.main") + 1:]
+        flags = [f.replace("${SLURM_JOB_ID}", "1") for f in flags]
+        assert "--loss" in flags and flags[flags.index("--model") + 1] == "LightCLIP-MNv3", script
+        assert trainer_parse_error(flags) is None, (script, trainer_parse_error(flags))

@@ -310,3 +310,17 @@ def test_parameters_no_term_uses_are_frozen(weights, frozen):
     model = open_clip.create_model("LightCLIP-Tiny", force_image_size=64)
     assert sorted(n for n, p in model.named_parameters() if not p.requires_grad) == frozen
     assert all(p.grad is None for p in model.parameters())  # the dry run leaves no gradient behind
+
+
+def test_logit_bias_created_by_loading_follows_the_models_device_and_precision(tmp_path):
+    """A SigLIP-trained checkpoint loaded into a model built without logit_bias: the new parameter is made
+    where the model already is (create_model moves the model before loading; DDP refuses mixed devices)."""
+    import open_clip
+
+    source = open_clip.create_model("LightCLIP-Tiny")
+    state = {**source.state_dict(), "logit_bias": torch.tensor([-10.0])}
+    torch.save({"state_dict": state}, tmp_path / "siglip.pt")
+    model = open_clip.create_model("LightCLIP-Tiny").to(torch.float64)
+    open_clip.load_checkpoint(model, str(tmp_path / "siglip.pt"))
+    assert model.logit_bias.dtype == torch.float64 and model.logit_bias.device == model.logit_scale.device
+    assert model.logit_bias.item() == -10.0

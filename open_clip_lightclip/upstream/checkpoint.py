@@ -74,7 +74,8 @@ def load_checkpoint(upstream, model: nn.Module, checkpoint_path, strict: bool = 
     state_dict = read_state_dict(checkpoint_path, weights_only=weights_only, mmap=True)  # no second copy in memory
     if "logit_bias" in state_dict and getattr(model, "logit_bias", False) is None:
         # trained with a SigLIP loss (upstream builds such models with init_logit_bias)
-        model.logit_bias = nn.Parameter(torch.zeros_like(state_dict["logit_bias"], device=next(model.parameters()).device))
+        like = model.logit_scale  # on the model's device and in its precision (create_model moved it already)
+        model.logit_bias = nn.Parameter(torch.zeros_like(state_dict["logit_bias"], device=like.device, dtype=like.dtype))
     own = model.state_dict()
     stale = {k for k, v in state_dict.items()
              if training_only_module(k) and k in own and tuple(own[k].shape) != tuple(v.shape)}
