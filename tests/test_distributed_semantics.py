@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dist_utils import run_distributed
+from test_lightclip_distributed import _global_batch
 from open_clip_lightclip.losses.cliplite import ClipLiteLoss, build_prior
 from open_clip_lightclip.losses.lightclip import LightCLIPLoss, _symmetric_ce
 from open_clip_lightclip.losses.token_matching import token_scores
@@ -25,20 +25,8 @@ KEYS = ("image_features", "text_features", "image_tokens", "text_tokens", "mlm_l
 PROGRESS = SimpleNamespace(fraction=0.5, step=1, total_steps=2)
 
 
-def _data(n=8, d=6, patches=4, words=7, td=5):
-    g = torch.Generator().manual_seed(3)
-    mask = torch.zeros(n, words, dtype=torch.bool)
-    for i in range(n):
-        mask[i, 1:2 + i % (words - 2)] = True
-    return {
-        "image_features": F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1),
-        "text_features": F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1),
-        "image_tokens": F.normalize(torch.randn(n, patches, td, generator=g, dtype=torch.float64), dim=-1),
-        "text_tokens": F.normalize(torch.randn(n, words, td, generator=g, dtype=torch.float64), dim=-1),
-        "text_mask": mask,
-        "mlm_loss_sum": torch.rand(n, generator=g, dtype=torch.float64) * 5,
-        "mlm_count": torch.randint(1, 4, (n,), generator=g).double(),
-    }
+def _data():
+    return _global_batch(n=8, d=6, patches=4, words=7, td=5, seed=3, dtype=torch.float64)
 
 
 def _term(term, rank, world, gather_with_grad, local_loss, part):

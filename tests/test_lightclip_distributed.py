@@ -11,19 +11,20 @@ from open_clip_lightclip.losses.lightclip import LightCLIPLoss
 GRAD_KEYS = ("image_features", "text_features", "image_tokens", "text_tokens", "mlm_loss_sum")
 
 
-def _global_batch(n=8, d=16, patches=4, words=9, td=8):
-    g = torch.Generator().manual_seed(0)
+def _global_batch(n=8, d=16, patches=4, words=9, td=8, seed=0, dtype=torch.float32):
+    """What a LightCLIP model's training forward gives the loss, for ``n`` samples (random, normalised)."""
+    g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(n, words, dtype=torch.bool)
     for i in range(n):
         mask[i, 1:2 + i % (words - 2)] = True
     return {
-        "image_features": F.normalize(torch.randn(n, d, generator=g), dim=-1),
-        "text_features": F.normalize(torch.randn(n, d, generator=g), dim=-1),
-        "image_tokens": F.normalize(torch.randn(n, patches, td, generator=g), dim=-1),
-        "text_tokens": F.normalize(torch.randn(n, words, td, generator=g), dim=-1),
+        "image_features": F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=-1),
+        "text_features": F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=-1),
+        "image_tokens": F.normalize(torch.randn(n, patches, td, generator=g, dtype=dtype), dim=-1),
+        "text_tokens": F.normalize(torch.randn(n, words, td, generator=g, dtype=dtype), dim=-1),
         "text_mask": mask,
-        "mlm_loss_sum": torch.rand(n, generator=g) * 5,
-        "mlm_count": torch.randint(1, 4, (n,), generator=g).float(),
+        "mlm_loss_sum": torch.rand(n, generator=g, dtype=dtype) * 5,
+        "mlm_count": torch.randint(1, 4, (n,), generator=g).to(dtype),
     }
 
 
