@@ -125,7 +125,7 @@ def mini_shards(tmp_path_factory):
     return root / "shards"
 
 
-BUDGET = ["--steps-per-epoch", "2", "--epochs", "2", "--batch-size", "8", "--warmup", "1", "--log-every", "1",
+BUDGET = ["--steps-per-epoch", "2", "--epochs", "1", "--batch-size", "8", "--warmup", "1", "--log-every", "1",
           "--threads", "1", "--no-apt"]
 
 
@@ -146,7 +146,7 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     logs = out / "logs"
     # paired: one seed gives every arm the same initial towers and the same batches, so the instance term alone
     # with e_max 0 (= CLIP's loss) reproduces the clip arm step by step; another seed does not
-    assert _losses(logs / "inst-seed0") == _losses(logs / "clip-seed0") and len(_losses(logs / "clip-seed0")) == 4
+    assert _losses(logs / "inst-seed0") == _losses(logs / "clip-seed0") and len(_losses(logs / "clip-seed0")) == 2
     assert _losses(logs / "clip-seed1") != _losses(logs / "clip-seed0")
     first_instance = re.search(r"Instance_loss: ([\d.]+)", (logs / "all-seed0" / "out.log").read_text()).group(1)
     assert first_instance == _losses(logs / "clip-seed0")[0]  # heads added, same start
@@ -163,10 +163,10 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     assert (out / "results.png").stat().st_size > 10_000
 
     # resume: finished runs are reused; an interrupted run's folder is moved aside, then trained again
-    (logs / "all-seed1" / "checkpoints" / "epoch_2.pt").unlink()
+    (logs / "all-seed1" / "checkpoints" / "epoch_1.pt").unlink()
     again = run_python(cmd)
     assert again.stdout.count("reusing the finished run") == 5
-    assert len(list(logs.glob("all-seed1.previous-*"))) == 1 and (logs / "all-seed1" / "checkpoints" / "epoch_2.pt").is_file()
+    assert len(list(logs.glob("all-seed1.previous-*"))) == 1 and (logs / "all-seed1" / "checkpoints" / "epoch_1.pt").is_file()
 
 
 @pytest.mark.slow
@@ -177,7 +177,7 @@ def test_demo_is_the_ablate_preset(mini_shards, tmp_path):
                        "--arms", "clip", "siglip", "no-such-loss", "--fashion-mnist-dir", str(fashion),
                        "--fashion-mnist-samples", "30", *BUDGET])
     assert "no-such-loss is not registered" in proc.stdout and "skipping that arm" in proc.stdout
-    assert re.search(r"clip-seed0: step 4/4", proc.stdout)
+    assert re.search(r"clip-seed0: step 2/2", proc.stdout)
     results = json.loads((out / "results.json").read_text())
     assert results["baseline"] == "clip" and results["arms"] == {"clip": ["--loss", "clip"], "siglip": ["--loss", "siglip"]}
     for r in results["runs"]:
@@ -185,7 +185,7 @@ def test_demo_is_the_ablate_preset(mini_shards, tmp_path):
         assert all(0 <= e[k] <= 1 for k in ("i2t_R@1", "t2i_R@10", "clipart_zeroshot", "fashion_mnist_zeroshot"))
         assert e["i2t_R@1"] <= e["i2t_R@5"] <= e["i2t_R@10"]
         assert e["clipart_classes"] == 4 and e["fashion_mnist_images"] == 30
-        assert r["curves"]["step"] == [1, 2, 3, 4] and len(r["curves"]["val"]) == 2
+        assert r["curves"]["step"] == [1, 2] and len(r["curves"]["val"]) == 1
         # clip_benchmark's recall on the held-out split is the trainer's own --val-data recall (unique captions)
         assert e["i2t_R@5"] == pytest.approx(r["curves"]["val"][-1]["image_to_text_R@5"], abs=1e-6)
     a, b = (r["cmd"] for r in results["runs"])
