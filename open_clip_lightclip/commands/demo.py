@@ -4,6 +4,7 @@ Arms ``clip`` (baseline), ``lightclip`` and ``cliplite`` (``--loss NAME`` each, 
 seed, the CPU-sized ``LightCLIP-Tiny`` at 96 px: everything else is ``open-clip-lightclip ablate``.
 """
 import argparse
+import sys
 
 from .ablate import add_study_args, parse_arms, run_with_arms
 
@@ -44,7 +45,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         arms = parse_arms([n for n in names if n in registered], registered)
     except StudyError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     baseline = "clip" if any(a.name == "clip" for a in arms) else (arms[0].name if arms else None)
     return run_with_arms(args, "demo", arms, baseline, default_image_size=96)
