@@ -8,7 +8,8 @@ module (``autoload._HOOKS``) has executed. It adds what upstream lacks:
   trainer's model whatever class builds it (``CLIP``, ``CustomTextCLIP``, ``CoCa``); a loss registry behind ``--loss``
   (upstream's ``create_loss`` when the flag is absent); checkpoint loading that ignores
   training-only modules (:mod:`.checkpoint`);
-* ``open_clip_train.params``: the plugin's trainer flags and their checks;
+* ``open_clip_train.params``: the plugin's trainer flags and their checks; once a process parses
+  trainer flags, DDP of a CPU model and atomic ``epoch_N.pt`` saves (:func:`_install_trainer_process`);
 * ``open_clip_train.scheduler``: the trainer's step / total steps (:mod:`open_clip_lightclip.losses.progress`);
 * ``open_clip_train.file_utils``: ``--resume`` of an unreadable file stops with one line; known input
   errors of the trainer print as one line (:mod:`.errors`);
@@ -16,7 +17,8 @@ module (``autoload._HOOKS``) has executed. It adds what upstream lacks:
 * ``clip_benchmark``: its zero-shot accuracy under NumPy 2.4;
 * ``torch.distributed.run``: torchrun's parser no longer rejects ``--logs`` as ambiguous.
 
-``patches/`` holds the OpenCLIP hooks as a diff against the pinned release.
+``patches/`` holds the OpenCLIP hooks as a diff against the pinned release; an OpenCLIP that carries
+them registers the plugin itself (entry point, :mod:`.registration`) and nothing here patches it.
 Every patch is idempotent and leaves upstream behaviour unchanged when unused.
 """
 import argparse
@@ -34,7 +36,7 @@ _INSTALLED = set()
 # model built after parsing gets the loss's ``configure_model`` hook (a distillation
 # teacher, built later, does not).
 _PENDING_TRAINER_ARGS = None
-_TRAINER_ARGS = None  # the trainer's parsed args (for one-line errors about them)
+_TRAINER_ARGS = None  # the trainer's parsed args (one-line errors about them, data-order seeds)
 
 
 def model_configs_dir() -> Path:
