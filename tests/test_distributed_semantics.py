@@ -32,12 +32,12 @@ def _data():
 def _term(term, rank, world, gather_with_grad, local_loss, part):
     flags = dict(rank=rank, world_size=world, gather_with_grad=gather_with_grad, local_loss=local_loss)
     scale = torch.tensor(6.0, dtype=torch.float64)
-    if term in ("instance", "token", "mlm"):
-        weights = {t: float(t == term) for t in ("instance", "token", "mlm")}
+    if term in ("instance", "token", "mlm", "token_hard"):
+        weights = {t: float(term.startswith(t)) for t in ("instance", "token", "mlm")}
         loss = LightCLIPLoss(instance_weight=weights["instance"], token_weight=weights["token"],
                              mlm_weight=weights["mlm"], soft_label_max=0.2, matching="sinkhorn", progress=PROGRESS,
-                             **flags)
-        return loss(**part, logit_scale=scale, output_dict=True)[f"{term}_loss"]
+                             token_negatives=50 if term == "token_hard" else 0, **flags)
+        return loss(**part, logit_scale=scale, output_dict=True)[f"{term.split('_')[0]}_loss"]
     if term == "jsd":
         return ClipLiteLoss(seed=7, **flags)(part["image_features"], part["text_features"], scale, output_dict=True)[
             "cliplite_jsd"]
@@ -159,3 +159,18 @@ def _cliploss_pair(rank, world, data):
         make()(img, txt, torch.tensor(6.0, dtype=torch.float64)).backward()
         out.append({"image_features": img.grad, "text_features": txt.grad})
     return out
+
+
+def _hard_rank_fn(rank, world, data):
+    return {combo: _grads("token_hard", rank, world, *combo, data) for combo in COMBOS[1:3]}
+
+
+def test_hard_negative_token_term_is_exact_with_gather_with_grad():
+    """--lightclip-token-negatives K (K >= global batch: every negative) under DDP with --gather-with-grad:
+    the applied gradient is the single-process full token term's."""
+    data = _data()
+    ranks = run_distributed(_hard_rank_fn, W, data)
+    _, single = _grads("token", 0, 1, False, False, data)
+    for combo in COMBOS[1:3]:
+        for name, grad in single.items():
+            torch.testing.assert_close(torch.cat([r[combo][1][name] for r in ranks]) / W, grad, rtol=1e-7, atol=1e-9)

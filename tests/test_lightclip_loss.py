@@ -309,3 +309,53 @@ def test_token_term_with_its_own_learned_temperature():
     shared = _model_with_heads(mlm=False)
     assert not hasattr(shared.lightclip_train, "token_logit_scale")
     assert "token_logit_scale" not in shared(torch.randn(2, 3, 64, 64), torch.randint(1, 400, (2, 32)))
+
+
+# --- hard negatives for the token term ------------------------------------------------------------------
+def _token_inputs(n=6, patches=5, words=7, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, words, dtype=torch.bool)
+    for i in range(n):
+        mask[i, 1:1 + (i % (words - 1))] = True  # 0 .. words-2 words: one caption has none
+    mask[1, 1:] = True  # more words than patches
+    return dict(image_tokens=F.normalize(torch.randn(n, patches, d, generator=g, dtype=torch.float64), dim=-1),
+                text_tokens=F.normalize(torch.randn(n, words, d, generator=g, dtype=torch.float64), dim=-1),
+                text_mask=mask,
+                image_features=F.normalize(torch.randn(n, 3, generator=g, dtype=torch.float64), dim=-1),
+                text_features=F.normalize(torch.randn(n, 3, generator=g, dtype=torch.float64), dim=-1))
+
+
+@pytest.mark.parametrize("mode", ["sinkhorn", "max"])
+def test_hard_negatives_with_k_at_least_the_batch_are_the_full_token_term(mode):
+    data = _token_inputs()
+    grads = []
+    for k in (0, 5, 50):  # 0: the full term; 5 = batch - 1 and 50: every negative
+        leaves = {key: v.clone().requires_grad_(v.is_floating_point()) for key, v in data.items()}
+        loss = LightCLIPLoss(instance_weight=0, mlm_weight=0, matching=mode, token_negatives=k, progress=_fixed(0))
+        value = loss(**leaves, logit_scale=torch.tensor(7.0, dtype=torch.float64), output_dict=True)["token_loss"]
+        value.backward()
+        grads.append((value.detach(), leaves["image_tokens"].grad, leaves["text_tokens"].grad))
+    for value, g_img, g_txt in grads[1:]:
+        torch.testing.assert_close(value, grads[0][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g_img, grads[0][1], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g_txt, grads[0][2], rtol=1e-9, atol=1e-12)
+
+
+def test_hard_negatives_score_the_positive_and_the_k_most_similar_by_instance_similarity():
+    from open_clip_lightclip.losses.token_matching import token_scores
+
+    data = _token_inputs()
+    loss = LightCLIPLoss(instance_weight=0, mlm_weight=0, matching="max", token_negatives=2, progress=_fixed(0))
+    value = loss(**data, logit_scale=torch.tensor(3.0, dtype=torch.float64), output_dict=True)["token_loss"]
+    full = token_scores(data["image_tokens"], data["text_tokens"], data["text_mask"], mode="max")  # (images, texts)
+    sim = data["image_features"] @ data["text_features"].T
+    rows_i2t, rows_t2i = [], []
+    for i in range(6):
+        others = [j for j in sim[i].argsort(descending=True).tolist() if j != i][:2]  # hardest texts for image i
+        rows_i2t.append(full[i, [i, *others]])
+        others = [j for j in sim[:, i].argsort(descending=True).tolist() if j != i][:2]  # hardest images for text i
+        rows_t2i.append(full[[i, *others], i])
+    labels = torch.zeros(6, dtype=torch.long)
+    expected = (F.cross_entropy(3.0 * torch.stack(rows_i2t), labels)
+                + F.cross_entropy(3.0 * torch.stack(rows_t2i), labels)) / 2
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)

@@ -30,6 +30,9 @@ def _error(capsys, *argv):
     (["--model", "LightCLIP-Tiny", "--lightclip-sinkhorn-eps", "-0.1"], "--lightclip-sinkhorn-eps must be > 0"),
     (["--model", "LightCLIP-Tiny", "--lightclip-token-chunk", "0"], "--lightclip-token-chunk must be >= 1"),
     (["--model", "LightCLIP-Tiny", "--lightclip-token-dim", "0"], "--lightclip-token-dim must be >= 1, got 0"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-token-negatives", "-1"], "--lightclip-token-negatives must be >= 0"),
+    (["--model", "LightCLIP-Tiny", "--lightclip-token-negatives", "8", "--lightclip-token-scope", "local"],
+     "--lightclip-token-negatives picks negatives from the gathered batch"),
 ])
 def test_bad_combinations_stop_before_training(capsys, argv, message):
     assert message in _error(capsys, *argv)

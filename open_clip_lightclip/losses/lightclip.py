@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .distributed import all_reduce_sum, gather_batch, local_term_scale, with_value
 from .registry import register_loss
-from .token_matching import MATCHING_MODES, token_scores, trim_words
+from .token_matching import MATCHING_MODES, aligned_scores, token_scores, trim_words
 
 __all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets"]
 
@@ -87,6 +87,7 @@ class LightCLIPLoss(nn.Module):
             sinkhorn_iters: int = 10,
             chunk_elements: int = 2 ** 24,
             token_scope: str = "global",
+            token_negatives: int = 0,
             local_loss: bool = False,
             gather_with_grad: bool = False,
             rank: int = 0,
@@ -104,6 +105,9 @@ class LightCLIPLoss(nn.Module):
         if token_scope not in TOKEN_SCOPES:
             raise ValueError(f"unknown token scope {token_scope!r}; choose one of {TOKEN_SCOPES}")
         self.token_scope = token_scope
+        if token_negatives < 0:
+            raise ValueError(f"token_negatives must be >= 0 (0: every negative of the batch), got {token_negatives}")
+        self.token_negatives = token_negatives
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.rank, self.world_size = rank, world_size
         if progress is None:
@@ -155,6 +159,39 @@ class LightCLIPLoss(nn.Module):
         labels = self._labels(scores_i2t.shape[0], scores_i2t.device)
         return _symmetric_ce(logit_scale * scores_i2t, logit_scale * scores_t2i, labels)
 
+    def hard_negative_token_loss(self, image_tokens, text_tokens, text_mask, image_features, text_features,
+                                 logit_scale) -> torch.Tensor:
+        """The token term on each local sample's positive and its ``token_negatives`` hardest negatives of the
+        gathered batch by the (detached) instance similarity: ``O(local batch x K)`` pairs, independent of the
+        global batch. Rows are this rank's samples (as ``--local-loss``); with K >= global batch - 1 it is the
+        full term. Candidates keep their gradient with ``--gather-with-grad`` only."""
+        kw = dict(mode=self.matching, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
+                  chunk_elements=self.chunk_elements)
+        gather = lambda x, grad=True: gather_batch(x, self.rank, self.world_size,  # noqa: E731
+                                                   self.gather_with_grad and grad, local_loss=True)
+        all_image, all_text = gather(image_tokens), gather(text_tokens)
+        all_mask = gather(text_mask, grad=False)
+        all_text, all_mask = trim_words(all_text, all_mask)
+        text_tokens, text_mask = text_tokens[:, :all_mask.shape[1]], text_mask[:, :all_mask.shape[1]]
+        b, n = image_tokens.shape[0], all_image.shape[0]
+        positives = torch.arange(b, device=image_tokens.device) + (b * self.rank if self.world_size > 1 else 0)
+        k = min(self.token_negatives, n - 1)
+
+        def candidates(anchors, pool):  # (b, k + 1) indices into the gathered batch, the positive first
+            sim = anchors.detach() @ gather(pool.detach(), grad=False).T
+            sim[torch.arange(b, device=sim.device), positives] = -math.inf
+            return torch.cat([positives[:, None], sim.topk(k, dim=1).indices], dim=1)
+
+        texts, images = candidates(image_features, text_features), candidates(text_features, image_features)
+        s_i2t = aligned_scores(image_tokens.repeat_interleave(k + 1, 0), all_text[texts.flatten()],
+                               all_mask[texts.flatten()], **kw).view(b, k + 1)
+        s_t2i = aligned_scores(all_image[images.flatten()], text_tokens.repeat_interleave(k + 1, 0),
+                               text_mask.repeat_interleave(k + 1, 0), **kw).view(b, k + 1)
+        labels = torch.zeros(b, dtype=torch.long, device=s_i2t.device)
+        loss = _symmetric_ce(logit_scale * s_i2t, logit_scale * s_t2i, labels)
+        scale = local_term_scale(self.world_size, self.local_loss, self.gather_with_grad)
+        return loss if scale == 1.0 else with_value(scale * loss, loss)
+
     def mlm_loss(self, mlm_loss_sum: torch.Tensor, mlm_count: torch.Tensor) -> torch.Tensor:
         """Mean CE over all masked tokens of all ranks (the value logged on every rank). Its gradient, after
         DDP's averaging, is the same fraction of the single-process gradient as the instance term's
@@ -182,8 +219,13 @@ class LightCLIPLoss(nn.Module):
             if image_tokens is None or text_mask is None:
                 raise ValueError("token_loss needs image_tokens / text_tokens / text_mask from a LightCLIP model "
                                  "with lightclip_train heads (model.add_train_heads)")
-            losses["token_loss"] = self.token_weight * self.token_loss(
-                image_tokens, text_tokens, text_mask, logit_scale if token_logit_scale is None else token_logit_scale)
+            scale = logit_scale if token_logit_scale is None else token_logit_scale
+            if self.token_negatives:
+                term = self.hard_negative_token_loss(image_tokens, text_tokens, text_mask, image_features,
+                                                     text_features, scale)
+            else:
+                term = self.token_loss(image_tokens, text_tokens, text_mask, scale)
+            losses["token_loss"] = self.token_weight * term
         if self.mlm_weight > 0:
             if mlm_loss_sum is None:
                 raise ValueError("mlm_loss needs mlm_loss_sum / mlm_count from a LightCLIP model with an MLM head")
@@ -215,6 +257,9 @@ def _add_args(group) -> None:
     a("--lightclip-token-scope", choices=TOKEN_SCOPES, default="global",
       help="negatives of the token term: the global (gathered) batch, or each rank's own batch "
            "(cost independent of the number of ranks)")
+    a("--lightclip-token-negatives", type=int, default=0, metavar="K",
+      help="token term on each local sample's positive and its K hardest negatives of the gathered batch (by "
+           "instance similarity): cost O(local batch x K), independent of the global batch (0: all negatives)")
     a("--lightclip-fusion-layers", type=int, nargs="+", default=[2, 4, 6],
       help="text layers (1-based) after which the masked text cross-attends to the image tokens")
     a("--lightclip-mask-prob", type=float, default=0.15, help="fraction of word tokens masked for MLM")
@@ -259,6 +304,11 @@ def _check_args(args) -> None:
                          "(for exact one-to-one matching use --lightclip-matching hungarian)")
     if args.lightclip_token_chunk < 1:
         raise ValueError(f"--lightclip-token-chunk must be >= 1 similarity elements, got {args.lightclip_token_chunk}")
+    if args.lightclip_token_negatives < 0:
+        raise ValueError(f"--lightclip-token-negatives must be >= 0 (0: all negatives), got {args.lightclip_token_negatives}")
+    if args.lightclip_token_negatives and args.lightclip_token_scope == "local":
+        raise ValueError("--lightclip-token-negatives picks negatives from the gathered batch; drop "
+                         "--lightclip-token-scope local (or the negatives)")
     if args.lightclip_token_dim < 1:
         raise ValueError(f"--lightclip-token-dim must be >= 1, got {args.lightclip_token_dim}")
     if getattr(args, "skip_scheduler", False) and args.lightclip_soft_label_max > 0:
@@ -341,6 +391,7 @@ def create_lightclip_loss(args) -> LightCLIPLoss:
         sinkhorn_iters=args.lightclip_sinkhorn_iters,
         chunk_elements=args.lightclip_token_chunk,
         token_scope=args.lightclip_token_scope,
+        token_negatives=args.lightclip_token_negatives,
         local_loss=args.local_loss,
         gather_with_grad=args.gather_with_grad,
         rank=args.rank,

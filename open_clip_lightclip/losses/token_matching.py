@@ -24,7 +24,8 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["MATCHING_MODES", "sinkhorn_plan", "hungarian_plan", "pair_scores", "token_scores", "trim_words"]
+__all__ = ["MATCHING_MODES", "sinkhorn_plan", "hungarian_plan", "pair_scores", "aligned_scores", "token_scores",
+           "trim_words"]
 
 MATCHING_MODES = ("sinkhorn", "hungarian", "max")
 
@@ -72,7 +73,30 @@ def pair_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_mask
                 mode: str = "sinkhorn", eps: float = 0.05, iters: int = 10) -> torch.Tensor:
     """Scores of every (image, text) pair of a block: (Bi, N, D) x (Bj, W, D) -> (Bi, Bj)."""
     sim = torch.einsum("ind,jwd->ijwn", image_tokens, text_tokens)  # (Bi, Bj, W, N)
-    mask = word_mask[None].expand(sim.shape[0], -1, -1)  # (Bi, Bj, W)
+    return _matched_scores(sim, word_mask[None].expand(sim.shape[0], -1, -1), mode, eps, iters)
+
+
+def aligned_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_mask: torch.Tensor,
+                   mode: str = "sinkhorn", eps: float = 0.05, iters: int = 10,
+                   chunk_elements: int = 2 ** 24) -> torch.Tensor:
+    """Scores of given pairs, image ``m`` with text ``m``: (M, N, D) x (M, W, D) -> (M,), in checkpointed
+    blocks of at most ``chunk_elements`` similarity elements (the hard-negative token term's pairs)."""
+    m, n = image_tokens.shape[:2]
+    block = max(1, chunk_elements // max(text_tokens.shape[1] * n, 1))
+    grad = torch.is_grad_enabled() and (image_tokens.requires_grad or text_tokens.requires_grad)
+
+    def scores(img, txt, mask):
+        return _matched_scores(torch.einsum("mnd,mwd->mwn", img, txt), mask, mode, eps, iters)
+
+    out = []
+    for i in range(0, m, block):
+        args = (image_tokens[i:i + block], text_tokens[i:i + block], word_mask[i:i + block])
+        out.append(checkpoint(scores, *args, use_reentrant=False) if grad and m > block else scores(*args))
+    return torch.cat(out)
+
+
+def _matched_scores(sim: torch.Tensor, mask: torch.Tensor, mode: str, eps: float, iters: int) -> torch.Tensor:
+    """sim (..., W, N), mask (..., W) -> the mean similarity of the matched (word, patch) pairs (...)."""
     if mode == "max":
         best = sim.max(dim=-1).values.masked_fill(~mask, 0.0)
         return best.sum(-1) / mask.sum(-1).clamp(min=1)
