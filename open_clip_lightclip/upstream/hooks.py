@@ -126,12 +126,16 @@ def _make_load_checkpoint(upstream_load_checkpoint):
     return load_checkpoint
 
 
-def _upstream_has_hooks() -> bool:
-    """An OpenCLIP with the hooks of ``patches/`` registers the plugin itself (entry point,
-    :mod:`.registration`): then nothing of OpenCLIP or its trainer is patched here."""
-    import open_clip
+def upstream_has_hooks(open_clip: types.ModuleType) -> bool:
+    """True for an OpenCLIP that carries the hooks of ``patches/`` (its own loss and model-class registries):
+    it registers the plugin itself (entry point, :mod:`.registration`) and nothing here patches it."""
+    factory = getattr(open_clip, "factory", None)
+    return all(hasattr(factory, name) for name in ("register_loss", "register_model_class",
+                                                    "register_training_only_module"))
 
-    from .registration import upstream_has_hooks
+
+def _upstream_has_hooks() -> bool:
+    import open_clip
 
     return upstream_has_hooks(open_clip)
 
@@ -139,8 +143,6 @@ def _upstream_has_hooks() -> bool:
 def install_open_clip(open_clip: types.ModuleType) -> None:
     if "open_clip" in _INSTALLED:
         return
-    from .registration import upstream_has_hooks
-
     if upstream_has_hooks(open_clip):
         return
     check_open_clip_version(getattr(open_clip, "__version__", "unknown"))

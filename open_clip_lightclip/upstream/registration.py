@@ -8,16 +8,8 @@ diff adds (``add_model_config``, ``register_model_class``, ``register_training_o
 OpenCLIP is patched on that route: :mod:`.hooks` leaves an OpenCLIP with the hooks alone.
 """
 import os
-import types
 
-__all__ = ["register", "upstream_has_hooks"]
-
-
-def upstream_has_hooks(open_clip: types.ModuleType) -> bool:
-    """True for an OpenCLIP that carries the hooks of ``patches/`` (its own loss and model-class registries)."""
-    factory = getattr(open_clip, "factory", None)
-    return all(hasattr(factory, name) for name in ("register_loss", "register_model_class",
-                                                    "register_training_only_module"))
+__all__ = ["register"]
 
 
 def register() -> None:
@@ -26,13 +18,13 @@ def register() -> None:
         return
     import open_clip
 
+    from .hooks import check_open_clip_version, model_configs_dir, upstream_has_hooks
+
     if not upstream_has_hooks(open_clip):
         return  # a pristine OpenCLIP: the start-up hook patches it instead (hooks.py)
     from ..losses import get_loss_entry, list_losses
     from ..losses.progress import PROGRESS
     from ..models import TRAINING_ONLY_MODULES, get_model_class, list_model_classes
-    from .hooks import check_open_clip_version, model_configs_dir
-
     check_open_clip_version(getattr(open_clip, "__version__", "unknown"))
     open_clip.add_model_config(model_configs_dir())
     for name in list_model_classes():
