@@ -9,6 +9,8 @@ ARMS: Dict[str, List[str]] = {
     "siglip": ["--loss", "siglip"],
     "lightclip instance": ["--loss", "lightclip", "--lightclip-token-weight", "0", "--lightclip-mlm-weight", "0"],
     "lightclip token": ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0"],
+    "lightclip token k=8": ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0",
+                            "--lightclip-token-negatives", "8"],
     "lightclip mlm": ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0"],
     "lightclip all": ["--loss", "lightclip"],
     "cliplite": ["--loss", "cliplite"],

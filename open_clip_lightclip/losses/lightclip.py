@@ -115,9 +115,11 @@ class LightCLIPLoss(nn.Module):
         self.progress = progress
         self._logged_schedule = False
 
-    def _gather(self, x: torch.Tensor, constant: bool = False) -> torch.Tensor:
-        """Every rank's ``x`` (ClipLoss semantics); ``constant`` for tensors without gradient (masks)."""
-        return gather_batch(x, self.rank, self.world_size, self.gather_with_grad and not constant, self.local_loss)
+    def _gather(self, x: torch.Tensor, constant: bool = False, local_rows: bool = False) -> torch.Tensor:
+        """Every rank's ``x`` (ClipLoss semantics); ``constant`` for tensors without gradient (masks);
+        ``local_rows`` for a term whose rows are this rank's samples whatever ``--local-loss`` says."""
+        return gather_batch(x, self.rank, self.world_size, self.gather_with_grad and not constant,
+                            self.local_loss or local_rows)
 
     def _labels(self, num_rows: int, device) -> torch.Tensor:
         offset = num_rows * self.rank if (self.local_loss and self.world_size > 1) else 0
@@ -167,10 +169,8 @@ class LightCLIPLoss(nn.Module):
         full term. Candidates keep their gradient with ``--gather-with-grad`` only."""
         kw = dict(mode=self.matching, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
                   chunk_elements=self.chunk_elements)
-        gather = lambda x, grad=True: gather_batch(x, self.rank, self.world_size,  # noqa: E731
-                                                   self.gather_with_grad and grad, local_loss=True)
-        all_image, all_text = gather(image_tokens), gather(text_tokens)
-        all_mask = gather(text_mask, grad=False)
+        all_image, all_text = self._gather(image_tokens, local_rows=True), self._gather(text_tokens, local_rows=True)
+        all_mask = self._gather(text_mask, constant=True, local_rows=True)
         all_text, all_mask = trim_words(all_text, all_mask)
         text_tokens, text_mask = text_tokens[:, :all_mask.shape[1]], text_mask[:, :all_mask.shape[1]]
         b, n = image_tokens.shape[0], all_image.shape[0]
@@ -178,7 +178,7 @@ class LightCLIPLoss(nn.Module):
         k = min(self.token_negatives, n - 1)
 
         def candidates(anchors, pool):  # (b, k + 1) indices into the gathered batch, the positive first
-            sim = anchors.detach() @ gather(pool.detach(), grad=False).T
+            sim = anchors.detach() @ self._gather(pool.detach(), constant=True, local_rows=True).T
             sim[torch.arange(b, device=sim.device), positives] = -math.inf
             return torch.cat([positives[:, None], sim.topk(k, dim=1).indices], dim=1)
 
