@@ -4,7 +4,8 @@ from typing import Dict, Sequence
 
 from .stats import PairedDiff, mean_sd, paired_difference
 
-__all__ = ["METRICS", "RECALL_KEYS", "MEAN_RECALL", "summarize_runs", "markdown", "forest_plot"]
+__all__ = ["METRICS", "RECALL_KEYS", "MEAN_RECALL", "summarize_runs", "markdown", "forest_plot", "chance_levels",
+           "PairedDiff"]
 
 METRICS = [  # (key, column title)
     ("i2t_R@1", "i→t R@1"), ("i2t_R@5", "i→t R@5"), ("i2t_R@10", "i→t R@10"),
@@ -145,5 +146,3 @@ def chance_levels(data: dict) -> Dict[str, float]:
         out["fashion_mnist_zeroshot"] = 10.0
     return out
 
-
-__all__ += ["chance_levels", "PairedDiff"]

@@ -205,7 +205,7 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
     logs = out / "logs"
     total_steps = cfg.steps_per_epoch * cfg.epochs
     plan = [(seed, arm) for seed in cfg.seeds for arm in arm_map.values()]
-    data = None
+    data = load_eval_data(info["heldout_data"], cfg.fashion_mnist_samples, cfg.fashion_mnist_dir)  # every report needs it
     runs: List[dict] = []
     fresh_seconds: List[float] = []
     for i, (seed, arm) in enumerate(plan, 1):
@@ -235,8 +235,6 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
             fresh_seconds.append(time.time() - t0)
         record.update(arm=arm.name, seed=seed)
         if "eval" not in record:
-            if data is None:
-                data = load_eval_data(info["heldout_data"], cfg.fashion_mnist_samples, cfg.fashion_mnist_dir)
             record["eval"] = evaluate_checkpoint(cfg.model, str(ckpt), cfg.image_size, data)
             (run_dir / "study_run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "reused"},
                                                                indent=1))
@@ -247,8 +245,6 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
             cfg.tag)
         record["curves"] = read_curves(run_dir, cfg.steps_per_epoch, cfg.batch_size)
         runs.append(record)
-        if data is None:
-            data = load_eval_data(info["heldout_data"], cfg.fashion_mnist_samples, cfg.fashion_mnist_dir)
         _write_results(cfg, info, arm_map, baseline, runs, data, start)
     text = _write_results(cfg, info, arm_map, baseline, runs, data, start)
     print()
