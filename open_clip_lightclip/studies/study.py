@@ -53,9 +53,9 @@ class StudyConfig:
     default_image_size: int = 128
     extra_notes: List[str] = field(default_factory=list)
 
-    def common_flags(self, info: dict) -> List[str]:
+    def common_flags(self, info: dict, image_size: Optional[int] = None) -> List[str]:
         """Flags every arm's run gets (the arm's own flags come last)."""
-        return ["--force-image-size", str(self.image_size), "--dataset-resampled",
+        return ["--force-image-size", str(image_size or self.image_size), "--dataset-resampled",
                 "--train-num-samples", str(self.steps_per_epoch * self.batch_size),
                 "--val-data", info["heldout_data"], "--val-frequency", "1", "--save-frequency", "0",
                 "--log-every-n-steps", str(self.log_every), *shlex.split(self.trainer_args)]
@@ -195,12 +195,9 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
     """Check everything, then train, evaluate and report every (seed, arm); 0 on success."""
     start = time.time()
     out = Path(cfg.out)
-    size = cfg.image_size
-    cfg.image_size = size or cfg.default_image_size  # the value does not matter to the check
     common = ["--train-data", "TRAIN.tar", "--model", cfg.model, "--batch-size", str(cfg.batch_size),
-              *cfg.common_flags({"heldout_data": "HELDOUT.tar"})]
+              *cfg.common_flags({"heldout_data": "HELDOUT.tar"}, cfg.image_size or cfg.default_image_size)]
     arm_map = check_arms(arms, baseline, cfg.seeds, common)  # before any data is built or run trained
-    cfg.image_size = size
     info = _data(cfg)
     logs = out / "logs"
     total_steps = cfg.steps_per_epoch * cfg.epochs
