@@ -49,6 +49,9 @@ def _command_line(args: argparse.Namespace, prog: str) -> str:
 def add_study_args(p: argparse.ArgumentParser, out: str, seeds, image_size_help: str) -> None:
     """The options every study command shares (budget, data, model)."""
     p.add_argument("--out", default=out, help=f"output folder: shards, runs, results ({out})")
+    p.add_argument("--report-dir", default=None,
+                   help="where results.md/.json/.png go (default: --out); several arms files can share one --out, "
+                        "and so its runs (a baseline trained once), each reporting to its own folder")
     p.add_argument("--seeds", nargs="+", type=int, default=list(seeds), metavar="SEED",
                    help=f"seeds; each gives every arm the same initial towers and data order (default: "
                         f"{' '.join(map(str, seeds))})")
@@ -81,7 +84,7 @@ def study_config(args: argparse.Namespace, tag: str, default_image_size: int):
     from ..studies.study import StudyConfig
 
     return StudyConfig(
-        out=args.out, model=args.model, image_size=args.image_size, batch_size=args.batch_size,
+        out=args.out, report_dir=args.report_dir, model=args.model, image_size=args.image_size, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, lr=args.lr, warmup=args.warmup, seeds=args.seeds,
         data=args.data, max_images=args.max_images, heldout_fraction=args.heldout_fraction,
         fashion_mnist_samples=args.fashion_mnist_samples, fashion_mnist_dir=args.fashion_mnist_dir,

@@ -30,6 +30,7 @@ APT_LINE = "apt-get install -y openclipart-png openclipart-svg dataset-fashion-m
 @dataclass
 class StudyConfig:
     out: str = "ablate_out"
+    report_dir: Optional[str] = None  # results.md/.json/.png; None: out
     model: str = "LightCLIP-Tiny"
     image_size: Optional[int] = None  # None: the shards' size (128 when building the clip art)
     batch_size: int = 64
@@ -52,6 +53,10 @@ class StudyConfig:
     command_line: str = ""
     default_image_size: int = 128
     extra_notes: List[str] = field(default_factory=list)
+
+    @property
+    def reports(self) -> Path:
+        return Path(self.report_dir or self.out)
 
     def common_flags(self, info: dict, image_size: Optional[int] = None) -> List[str]:
         """Flags every arm's run gets (the arm's own flags come last)."""
@@ -174,7 +179,8 @@ def _header(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, w
 
 def _write_results(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, runs: List[dict],
                    data: Optional[dict], start: float) -> str:
-    out = Path(cfg.out)
+    out = cfg.reports
+    out.mkdir(parents=True, exist_ok=True)
     names = list(arms)
     summary = report.summarize_runs(runs, names, baseline)
     chance = report.chance_levels(data) if data else {}
@@ -191,6 +197,20 @@ def _write_results(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline:
     return text
 
 
+def recorded_runs(*paths: Path) -> Dict[tuple, dict]:
+    """Evaluated runs of earlier ``results.json`` files, by command line (the interpreter aside).
+
+    A study copied to another machine without its run folders (or whose logs were cleaned) resumes
+    from them: the same command on the same shards is not trained again."""
+    found: Dict[tuple, dict] = {}
+    for path in paths:
+        if path.is_file():
+            for r in json.loads(path.read_text()).get("runs", []):
+                if "eval" in r and r.get("cmd"):
+                    found[tuple(r["cmd"][1:])] = {k: v for k, v in r.items() if k not in ("reused", "arm", "seed")}
+    return found
+
+
 def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) -> int:
     """Check everything, then train, evaluate and report every (seed, arm); 0 on success."""
     start = time.time()
@@ -203,6 +223,7 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
     total_steps = cfg.steps_per_epoch * cfg.epochs
     plan = [(seed, arm) for seed in cfg.seeds for arm in arm_map.values()]
     data = load_eval_data(info["heldout_data"], cfg.fashion_mnist_samples, cfg.fashion_mnist_dir)  # every report needs it
+    recorded = recorded_runs(cfg.reports / "results.json", out / "results.json")
     runs: List[dict] = []
     fresh_seconds: List[float] = []
     for i, (seed, arm) in enumerate(plan, 1):
@@ -220,6 +241,9 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
         if record is not None:
             log(f"{name}: reusing the finished run in {run_dir}", cfg.tag)
             record["reused"] = True
+        elif not run_dir.exists() and tuple(cmd[1:]) in recorded:
+            record = dict(recorded[tuple(cmd[1:])], reused=True)
+            log(f"{name}: reusing its evaluated record in results.json (the run folder is gone)", cfg.tag)
         else:
             if run_dir.exists():
                 log(f"{name}: moved the earlier run folder aside to {move_aside(run_dir)}", cfg.tag)
@@ -240,12 +264,13 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
             f"{e['t2i_R@1']:.3f}/{e['t2i_R@5']:.3f}/{e['t2i_R@10']:.3f}  clip-art zero-shot "
             f"{e.get('clipart_zeroshot', float('nan')):.3f}  Fashion-MNIST {e.get('fashion_mnist_zeroshot', float('nan')):.3f}",
             cfg.tag)
-        record["curves"] = read_curves(run_dir, cfg.steps_per_epoch, cfg.batch_size)
+        if run_dir.exists() or "curves" not in record:
+            record["curves"] = read_curves(run_dir, cfg.steps_per_epoch, cfg.batch_size)
         runs.append(record)
         _write_results(cfg, info, arm_map, baseline, runs, data, start)
     text = _write_results(cfg, info, arm_map, baseline, runs, data, start)
     print()
     print(text)
-    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'} in "
+    log(f"wrote {cfg.reports / 'results.md'}, {cfg.reports / 'results.json'}, {cfg.reports / 'results.png'} in "
         f"{(time.time() - start) / 60:.1f} min", cfg.tag)
     return 0
