@@ -25,3 +25,25 @@ def test_bench_train_global_batch_rows(capsys):
     rows = [line.split("|")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert [(a.strip(), b.strip()) for a, b in rows] == [
         ("4", "instance"), ("4", "token"), ("16", "instance"), ("16", "token")]
+
+
+def test_global_batch_table_has_work_columns_that_grow_with_the_batch(capsys):
+    argv = ["bench", "train", "--model", "LightCLIP-Tiny", "--image-size", "64", "--batch-size", "4",
+            "--repeats", "1", "--warmup", "0", "--global-batch", "4", "16"]
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert lines[0].split("|")[5:8] == [" GFLOP ", " GB moved ", " step ratio to clip "]
+    token = {int(c[1]): (float(c[5]), float(c[6])) for c in (r.split("|") for r in lines[1:]) if c[2].strip() == "token"}
+    # local-loss rows: 4 local images x global texts (and the reverse): 4x the global batch is ~4x the work
+    assert 3.5 < token[16][0] / token[4][0] < 4.5
+    assert all(r.split("|")[7].strip().endswith("x") for r in lines[1:])
+
+
+def test_count_work_on_a_matrix_product():
+    import torch
+    from open_clip_lightclip.benchmarks._train_steps import count_work
+
+    a, b = torch.ones(2, 3), torch.ones(3, 4)
+    flops, moved = count_work(lambda: a @ b)
+    assert flops == 2 * 2 * 3 * 4  # multiply-adds x 2
+    assert moved == (6 + 12 + 8) * 4  # both inputs read, the output written, fp32

@@ -10,7 +10,32 @@ import torch
 from . import sync_device
 from ._train_arms import ARMS, MODEL_SETTINGS
 
-__all__ = ["build_arm", "bench_steps", "bench_global_batch", "measure_peak", "run"]
+__all__ = ["build_arm", "bench_steps", "bench_global_batch", "measure_peak", "count_work", "run"]
+
+
+def count_work(fn: Callable[[], None]) -> tuple:
+    """(FLOPs, bytes) of one call of ``fn``: FLOPs by ``torch.utils.flop_counter`` (matrix products only:
+    ``exp`` / ``logsumexp`` and other elementwise work count 0); bytes as the sum, over every ATen op the
+    call dispatches (forward and backward), of the sizes of its tensor inputs and outputs: the memory
+    traffic of unfused eager execution, each op reading its inputs from memory and writing its outputs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class _Bytes(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten((args, kwargs, out))[0]:
+                if isinstance(t, torch.Tensor):
+                    _Bytes.total += t.numel() * t.element_size()
+            return out
+
+    flops = FlopCounterMode(display=False)
+    with flops, _Bytes():
+        fn()
+    return flops.get_total_flops(), _Bytes.total
 
 
 def _status_kib(field: str) -> Optional[int]:
@@ -138,8 +163,11 @@ class _SimulatedGather:
 
 def bench_global_batch(model_name: str, batch_size: int, image_size: int, device: torch.device,
                        global_batches: List[int], repeats: int, extra: List[str] = (),
-                       clock=time.perf_counter, on_row: Optional[Callable[[dict], None]] = None) -> List[dict]:
-    """LightCLIP loss (instance and token terms) forward + backward at simulated global batch sizes."""
+                       clock=time.perf_counter, on_row: Optional[Callable[[dict], None]] = None,
+                       clip_step_s: Optional[float] = None) -> List[dict]:
+    """LightCLIP loss (instance and token terms) forward + backward at simulated global batch sizes, with
+    its FLOPs and bytes (:func:`count_work`, one extra untimed call) and, given the time of a ``clip`` step
+    at the local batch, the step ratio ``(clip step + the term's time) / clip step``."""
     model, loss, _ = build_arm("lightclip all", model_name, image_size, device, extra)
     images, texts = _batch(model_name, batch_size, image_size, device)
     with torch.no_grad():
@@ -167,8 +195,11 @@ def bench_global_batch(model_name: str, batch_size: int, image_size: int, device
                 peaks.append(measure_peak(run_once, device))
                 sync_device(device)
                 timings.append(clock() - start)
-            rows.append({"global_batch": world * batch_size, "term": term, "loss_s": statistics.median(timings),
-                         "peak_mib": None if None in peaks else max(peaks)})
+            flops, moved = count_work(run_once)
+            median = statistics.median(timings)
+            rows.append({"global_batch": world * batch_size, "term": term, "loss_s": median,
+                         "peak_mib": None if None in peaks else max(peaks), "gflop": flops / 1e9, "gbytes": moved / 1e9,
+                         "step_ratio": None if clip_step_s is None else (clip_step_s + median) / clip_step_s})
             if on_row is not None:
                 on_row(rows[-1])
     return rows
@@ -187,9 +218,12 @@ def steps_table(rows: List[dict]) -> str:
 
 
 def global_table(rows: List[dict]) -> str:
-    lines = ["| simulated global batch | term | loss fwd+bwd (s) | peak memory (MiB) |", "|---|---|---|---|"]
+    lines = ["| simulated global batch | term | loss fwd+bwd (s) | peak memory (MiB) | GFLOP | GB moved | "
+             "step ratio to clip |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['global_batch']} | {r['term']} | {r['loss_s']:.3f} | {_fmt(r['peak_mib'], '.0f')} |")
+        ratio = "n/a" if r.get("step_ratio") is None else f"{r['step_ratio']:.2f}x"
+        lines.append(f"| {r['global_batch']} | {r['term']} | {r['loss_s']:.3f} | {_fmt(r['peak_mib'], '.0f')} | "
+                     f"{r['gflop']:.3g} | {r['gbytes']:.3g} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -213,10 +247,14 @@ def run(args: argparse.Namespace) -> int:
         print(steps_table(bench_steps(args.arms, args.model, args.batch_size, args.image_size, device,
                                       args.repeats, args.warmup, extra, clock)))
     else:
+        clip = bench_steps(["clip"], args.model, args.batch_size, args.image_size, device, args.repeats,
+                           args.warmup, extra=[], clock=clock)[0]["step_s"]
+        print(f"clip step at local batch {args.batch_size}: {clip:.3f} s (the step ratio's base)\n", flush=True)
         header = global_table([]).splitlines()
         print("\n".join(header), flush=True)  # rows as they come: the largest batches take minutes
         bench_global_batch(args.model, args.batch_size, args.image_size, device, args.global_batch, args.repeats,
-                           extra, clock, on_row=lambda row: print(global_table([row]).splitlines()[-1], flush=True))
+                           extra, clock, on_row=lambda row: print(global_table([row]).splitlines()[-1], flush=True),
+                           clip_step_s=clip)
     return 0
 
 
