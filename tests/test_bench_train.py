@@ -47,3 +47,11 @@ def test_count_work_on_a_matrix_product():
     flops, moved = count_work(lambda: a @ b)
     assert flops == 2 * 2 * 3 * 4  # multiply-adds x 2
     assert moved == (6 + 12 + 8) * 4  # both inputs read, the output written, fp32
+
+
+def test_count_work_counts_no_bytes_for_views():
+    import torch
+    from open_clip_lightclip.benchmarks._train_steps import count_work
+
+    a = torch.ones(4, 6)
+    assert count_work(lambda: a.view(6, 4).t().unsqueeze(0)) == (0, 0)

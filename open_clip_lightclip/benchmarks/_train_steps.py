@@ -16,8 +16,9 @@ __all__ = ["build_arm", "bench_steps", "bench_global_batch", "measure_peak", "co
 def count_work(fn: Callable[[], None]) -> tuple:
     """(FLOPs, bytes) of one call of ``fn``: FLOPs by ``torch.utils.flop_counter`` (matrix products only:
     ``exp`` / ``logsumexp`` and other elementwise work count 0); bytes as the sum, over every ATen op the
-    call dispatches (forward and backward), of the sizes of its tensor inputs and outputs: the memory
-    traffic of unfused eager execution, each op reading its inputs from memory and writing its outputs."""
+    call dispatches (forward and backward), of the sizes of its tensor inputs and outputs (views count 0):
+    the memory traffic of unfused eager execution, each op reading its inputs from memory and writing its
+    outputs (a fused kernel that keeps intermediates in cache moves less)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
     from torch.utils.flop_counter import FlopCounterMode
@@ -27,6 +28,8 @@ def count_work(fn: Callable[[], None]) -> tuple:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            if func.is_view or func is torch.ops.aten._unsafe_view.default:
+                return out  # a view moves nothing
             for t in tree_flatten((args, kwargs, out))[0]:
                 if isinstance(t, torch.Tensor):
                     _Bytes.total += t.numel() * t.element_size()

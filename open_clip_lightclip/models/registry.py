@@ -12,7 +12,7 @@ __all__ = ["register_model_class", "get_model_class", "list_model_classes", "TRA
 # Attribute names of training-only submodules (objective heads, critics, discriminators) on a
 # model. ``encode_image`` / ``encode_text`` never run them; export drops every state_dict key
 # under them, and inference models are built without them.
-TRAINING_ONLY_MODULES = ("lightclip_train", "cliplite_prior")
+TRAINING_ONLY_MODULES = ("lightclip_train", "cliplite_prior", "distill_projector")
 
 _MODEL_CLASSES: Dict[str, Type[nn.Module]] = {}
 

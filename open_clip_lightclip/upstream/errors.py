@@ -33,7 +33,9 @@ def one_line(exc: BaseException, resume: Optional[str] = None) -> Optional[str]:
     """The one-line message for ``exc``, or None for an exception that keeps its traceback."""
     from ..models.checkpoint import CheckpointError
 
-    if isinstance(exc, CheckpointError):
+    from ..models.teachers import TeacherError
+
+    if isinstance(exc, (CheckpointError, TeacherError)):
         return str(exc)
     if resume and isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc):
         return (f"--resume {resume}: the checkpoint does not fit this run's model ({_state_dict_mismatch(str(exc))}); "

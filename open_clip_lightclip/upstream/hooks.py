@@ -13,7 +13,9 @@ module (``autoload._HOOKS``) has executed. It adds what upstream lacks:
 * ``open_clip_train.scheduler``: the trainer's step / total steps (:mod:`open_clip_lightclip.losses.progress`);
 * ``open_clip_train.file_utils``: ``--resume`` of an unreadable file stops with one line; known input
   errors of the trainer print as one line (:mod:`.errors`);
-* ``open_clip_train.data``: the training data order depends on ``--seed`` alone (paired studies);
+* ``open_clip_train.data``: the training data order depends on ``--seed`` alone (paired studies); with
+  ``--distill-cache`` the samples' cached teacher embeddings ride in the text field (:mod:`.distill`);
+* distillation with every ``--loss`` (teachers on the trainer's model, the loss wrapped): :mod:`.distill`;
 * ``clip_benchmark``: its zero-shot accuracy under NumPy 2.4;
 * ``torch.distributed.run``: torchrun's parser no longer rejects ``--logs`` as ambiguous.
 
@@ -98,6 +100,10 @@ def _configure_trainer_model(model) -> None:
     entry = get_loss_entry(args.loss)
     if entry.configure_model is not None:
         entry.configure_model(model, args)
+    from .distill import configure_distillation, distillation_requested
+
+    if distillation_requested(args):
+        configure_distillation(model, args)
 
 
 def _make_create_loss(upstream_create_loss):
@@ -108,8 +114,9 @@ def _make_create_loss(upstream_create_loss):
         if name is None:
             return upstream_create_loss(args)
         from ..losses import create_loss as registry_create_loss
+        from .distill import wrap_loss
 
-        return registry_create_loss(name, args)
+        return wrap_loss(registry_create_loss(name, args), args)
 
     return create_loss
 
@@ -339,9 +346,21 @@ def install_data(data: types.ModuleType) -> None:
             return upstream_shuffle(bufsize, initial, **kwargs)
         return _SeededShuffle(bufsize, initial, **kwargs)
 
+    upstream_to_tuple = data.wds.to_tuple
+
+    def to_tuple(*keys, **kwargs):
+        """The trainer's ``to_tuple("image", "text")``; with ``--distill-cache`` the text field also carries the
+        sample's cached teacher embeddings (packed, see ``data.teacher_cache``)."""
+        if keys == ("image", "text") and getattr(_TRAINER_ARGS, "distill_cache", False):
+            from ..data.teacher_cache import pack_sample
+
+            return data.wds.map(pack_sample)
+        return upstream_to_tuple(*keys, **kwargs)
+
     proxy = types.ModuleType(data.wds.__name__)  # data.py's `wds`, with the seeded shuffle
     proxy.__dict__.update(data.wds.__dict__)
     proxy.shuffle = shuffle
+    proxy.to_tuple = to_tuple
     data.wds = proxy
     _INSTALLED.add("data")
 
