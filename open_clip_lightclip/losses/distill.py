@@ -59,15 +59,18 @@ def affinity_kl(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tens
     all_text = text if all_text is None else all_text
     all_teacher_image = teacher_image if all_teacher_image is None else all_teacher_image
     all_teacher_text = teacher_text if all_teacher_text is None else all_teacher_text
-    teacher_image, teacher_text = teacher_image.float(), teacher_text.float()
-    i2t = _row_kl(teacher_scale * teacher_image @ all_teacher_text.float().T, logit_scale * image @ all_text.T)
-    t2i = _row_kl(teacher_scale * teacher_text @ all_teacher_image.float().T, logit_scale * text @ all_image.T)
+    dtype = torch.promote_types(image.dtype, torch.float32)  # teachers in half precision: targets in fp32 at least
+    teacher_image, teacher_text = teacher_image.to(dtype), teacher_text.to(dtype)
+    all_teacher_image, all_teacher_text = all_teacher_image.to(dtype), all_teacher_text.to(dtype)
+    i2t = _row_kl(teacher_scale * teacher_image @ all_teacher_text.T, logit_scale * image @ all_text.T)
+    t2i = _row_kl(teacher_scale * teacher_text @ all_teacher_image.T, logit_scale * text @ all_image.T)
     return (i2t + t2i) / 2
 
 
 def feature_distance(student: torch.Tensor, teacher: torch.Tensor, distance: str = "mse") -> torch.Tensor:
     """Per-sample distance of the (projected) student embedding, made unit-norm, to the teacher's: (B,)."""
-    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    s, t = F.normalize(student.to(dtype), dim=-1), F.normalize(teacher.to(dtype), dim=-1)
     if distance == "mse":
         return (s - t).square().sum(-1)
     if distance == "cosine":
