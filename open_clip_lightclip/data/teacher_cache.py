@@ -5,7 +5,8 @@ Each output sample keeps every member of the input sample and gains ``teacher.np
 ``(2, D)`` array, the unit-norm image embedding (row 0) and text embedding (row 1), with ``D`` the
 teachers' widths concatenated in order. ``OUT/teacher_cache.json`` names the teachers (spec, width,
 logit scale, image size), the source shards and the finished output shards, and the trainer's
-``--distill-cache`` reads it beside the training shards.
+``--distill-cache`` reads it beside the training shards; ``OUT/sizes.json`` gives the trainer the
+shards' sample counts (as ``build-shards`` does).
 
 What the cache gives up: the teacher sees the raw image through its own inference transform
 (resize, centre crop), not the augmented view the student trains on; the online teacher judges the
@@ -90,6 +91,8 @@ def cache_teacher_shards(sources: Sequence[str], out: str, teachers: list, batch
             raise CacheError(f"{out_dir} holds a cache of other teachers or shards ({made}); choose another --out")
         info["shards"] = old.get("shards", {})
     strangers = [n for n in names if (out_dir / n).exists() and n not in info["shards"]]
+    if not info_path.is_file() and (out_dir / "sizes.json").exists():
+        strangers.append("sizes.json")
     if strangers:
         raise CacheError(f"{out_dir / strangers[0]} exists and is not a finished shard of this cache; "
                          "choose another --out (nothing was overwritten)")
@@ -126,5 +129,6 @@ def cache_teacher_shards(sources: Sequence[str], out: str, teachers: list, batch
         os.replace(tmp, out_dir / name)
         info["shards"][name] = len(samples)
         info_path.write_text(json.dumps(info, indent=1))
+        (out_dir / "sizes.json").write_text(json.dumps(info["shards"], indent=1))  # the trainer's sample counts
     info_path.write_text(json.dumps(info, indent=1))
     return info
