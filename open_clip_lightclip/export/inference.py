@@ -44,6 +44,40 @@ class ExportReport:
     params_after: int  # in the exported model
     max_abs_diff: float  # embeddings: checkpoint vs exported (reloaded via local-dir:)
     onnx_max_abs_diff: Dict[str, float] = field(default_factory=dict)
+    reparameterized: Optional[dict] = None  # params / image MACs before and after fusing, max |diff| of embeddings
+
+
+def image_macs(model: nn.Module, images: torch.Tensor) -> int:
+    """Multiply-accumulates of ``encode_image`` (``FlopCounterMode`` FLOPs / 2: convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.encode_image(images)
+    return counter.get_total_flops() // 2
+
+
+def reparameterize_for_inference(model: nn.Module, model_cfg: dict, images: torch.Tensor,
+                                 texts: torch.Tensor, atol: float = 1e-4) -> Optional[dict]:
+    """Fuse a reparameterisable image tower (MobileOne, FastViT-MCi, RepViT) in place, record it in
+    ``model_cfg`` (``timm_reparameterized``) and check the unit-norm embeddings against the unfused model;
+    None when the tower has nothing to fuse."""
+    visual = model.visual
+    if not getattr(visual, "reparameterizable", False):
+        return None
+    one = images[:1]
+    before = {"params": sum(p.numel() for p in visual.parameters()), "macs": image_macs(model, one)}
+    with torch.no_grad():
+        reference = model.encode_image(images, normalize=True)
+        visual.reparameterize()
+        fused = model.encode_image(images, normalize=True)
+    diff = float((fused - reference).abs().max())
+    if diff > atol:
+        raise ExportError(f"fusing the reparameterisable image tower changed the embeddings (max |diff| {diff:.2e} "
+                          f"> {atol}); export without it is not possible yet: please report this model")
+    model_cfg["vision_cfg"]["timm_reparameterized"] = True
+    after = {"params": sum(p.numel() for p in visual.parameters()), "macs": image_macs(model, one)}
+    return {"before": before, "after": after, "max_abs_diff": diff}
 
 
 def run_params(checkpoint: Path) -> Dict[str, object]:
@@ -244,12 +278,18 @@ def export_checkpoint(
         if module is not None and key not in inference_keys and not key.endswith(_BUFFER_SUFFIXES):
             training_only[module] = training_only.get(module, 0) + value.numel()
     before = _count(state_dict, buffers)
+    context_length = model_cfg["text_cfg"].get("context_length", 77)
+    images, texts = _probe_inputs(model, context_length)
+    fused = reparameterize_for_inference(model, model_cfg, images, texts)
+    if fused is not None:
+        b, a = fused["before"], fused["after"]
+        log(f"reparameterised the image tower: {b['params']:,} -> {a['params']:,} parameters, "
+            f"{b['macs'] / 1e6:,.1f} -> {a['macs'] / 1e6:,.1f} M image MACs at {images.shape[-1]} px; "
+            f"unit-norm embeddings max |diff| {fused['max_abs_diff']:.1e} (<= 1e-4)")
     after = sum(p.numel() for p in model.parameters())
 
     export_model(model, model_cfg, out_dir)
     reloaded = open_clip.create_model(f"local-dir:{out_dir}").eval()
-    context_length = model_cfg["text_cfg"].get("context_length", 77)
-    images, texts = _probe_inputs(model, context_length)
     expected, got = _embed(model, images, texts), _embed(reloaded, images, texts)
     diff = max(float((a - b).abs().max()) for a, b in zip(expected, got))
     if diff > 1e-6:
@@ -260,7 +300,7 @@ def export_checkpoint(
     log(f"parameters after:  {after:,} in {out_dir / WEIGHTS_NAME}")
     log(f"wrote {out_dir / CONFIG_NAME} and {out_dir / WEIGHTS_NAME}; "
         f"reloaded via local-dir:, embeddings max |diff| {diff:.1e}")
-    report = ExportReport(model_name, out_dir, before, training_only, after, diff)
+    report = ExportReport(model_name, out_dir, before, training_only, after, diff, reparameterized=fused)
     if onnx:
         report.onnx_max_abs_diff = export_onnx(model, out_dir, context_length)
         worst = max(report.onnx_max_abs_diff.values(), default=0.0)

@@ -142,7 +142,11 @@ def check_teacher_spec(spec: str) -> str:
         return str(e)
     if name.startswith(("hf-hub:", "local-dir:")):
         return ""
-    if name not in open_clip.list_models():
+    try:
+        known = open_clip.get_model_config(name) is not None
+    except ValueError as e:  # an unknown timm backbone in BASE+TIMM_NAME
+        return f"teacher {spec!r}: {e}"
+    if not known:
         import difflib
 
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.5)

@@ -26,6 +26,9 @@ class TimmCNNTower(nn.Module):
         timm_proj_bias: bias in the projection.
         timm_drop: dropout before the projection.
         timm_drop_path: stochastic depth rate of the trunk.
+        timm_reparameterized: build the trunk in its fused (deploy) form: reparameterisable
+            towers (MobileOne, FastViT / MobileCLIP's MCi, RepViT) trained with parallel branches,
+            exported fused (``export`` writes this flag with the fused weights).
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class TimmCNNTower(nn.Module):
             timm_drop: float = 0.0,
             timm_drop_path: Optional[float] = None,
             patch_dropout: float = 0.0,
+            timm_reparameterized: bool = False,
     ):
         super().__init__()
         import timm
@@ -54,6 +58,9 @@ class TimmCNNTower(nn.Module):
             global_pool=timm_pool,
             **kwargs,
         )
+        self.reparameterized = False
+        if timm_reparameterized:
+            self.reparameterize()
         self.image_size = image_size
         self.token_dim = self.trunk.num_features  # channels of the last feature map
         self.pooled_dim = getattr(self.trunk, "head_hidden_size", None) or self.trunk.num_features
@@ -75,6 +82,23 @@ class TimmCNNTower(nn.Module):
         else:
             raise ValueError(f"unknown timm_proj {timm_proj!r}; use 'linear', 'mlp' or 'none'")
         self.output_dim = embed_dim
+
+    @property
+    def reparameterizable(self) -> bool:
+        """True when the trunk has branches that fuse for inference (timm's ``reparameterize`` / ``fuse``)."""
+        return not self.reparameterized and any(
+            hasattr(m, "reparameterize") or hasattr(m, "fuse") for m in self.trunk.modules() if m is not self.trunk)
+
+    def reparameterize(self) -> bool:
+        """Fuse the trunk's training-time branches in place (timm's ``reparameterize_model``; Ding et al.,
+        RepVGG; MobileOne; FastViT). Inference-only: call it on a model in eval mode. True if anything fused."""
+        from timm.utils.model import reparameterize_model
+
+        changed = self.reparameterizable
+        if changed:
+            self.trunk = reparameterize_model(self.trunk, inplace=True)
+        self.reparameterized = True
+        return changed
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last-stage feature map, (B, C, H, W)."""

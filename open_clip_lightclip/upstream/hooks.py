@@ -3,7 +3,8 @@
 Called by the import hook in :mod:`.autoload` right after a hooked
 module (``autoload._HOOKS``) has executed. It adds what upstream lacks:
 
-* ``open_clip``: our model configs (``model_configs/``); a model class chosen by the config
+* ``open_clip``: our model configs (``model_configs/``) and ``BASE+TIMM_NAME`` names (any timm backbone,
+  :mod:`~open_clip_lightclip.models.timm_names`); a model class chosen by the config
   key ``"model_class"`` (upstream builds ``CLIP``); the loss's ``configure_model`` hook on the
   trainer's model whatever class builds it (``CLIP``, ``CustomTextCLIP``, ``CoCa``); a loss registry behind ``--loss``
   (upstream's ``create_loss`` when the flag is absent); checkpoint loading that ignores
@@ -121,6 +122,26 @@ def _make_create_loss(upstream_create_loss):
     return create_loss
 
 
+def _make_get_model_config(factory):
+    upstream_get_model_config = factory.get_model_config
+
+    @functools.wraps(upstream_get_model_config)
+    def get_model_config(model_name):
+        """Upstream's lookup; a ``BASE+TIMM_NAME`` (``models.timm_names``) becomes a config the first time."""
+        cfg = upstream_get_model_config(model_name)
+        if cfg is not None or not isinstance(model_name, str):
+            return cfg
+        from ..models.timm_names import timm_model_config
+
+        cfg = timm_model_config(model_name, upstream_get_model_config)
+        if cfg is not None:
+            factory._MODEL_CONFIGS[model_name] = cfg  # list_models() and every later lookup know it
+            cfg = upstream_get_model_config(model_name)
+        return cfg
+
+    return get_model_config
+
+
 def _make_load_checkpoint(upstream_load_checkpoint):
     @functools.wraps(upstream_load_checkpoint)
     def load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, device="cpu"):
@@ -168,6 +189,11 @@ def install_open_clip(open_clip: types.ModuleType) -> None:
         wrapped = _make_create_loss(factory.create_loss)
         factory.create_loss = wrapped
         open_clip.create_loss = wrapped
+
+    if not hasattr(factory.get_model_config, "__wrapped__"):
+        wrapped_cfg = _make_get_model_config(factory)
+        factory.get_model_config = wrapped_cfg
+        open_clip.get_model_config = wrapped_cfg
 
     if not hasattr(factory.load_checkpoint, "__wrapped__"):
         wrapped_load = _make_load_checkpoint(factory.load_checkpoint)

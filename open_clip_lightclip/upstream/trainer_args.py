@@ -33,8 +33,11 @@ def _check_model_name(name: str) -> str:
     from open_clip.factory import get_model_config, list_models, parse_model_name
 
     schema, identifier = parse_model_name(name)
-    if schema is not None or get_model_config(identifier.replace("/", "-")) is not None:
-        return ""
+    try:
+        if schema is not None or get_model_config(identifier.replace("/", "-")) is not None:
+            return ""
+    except ValueError as e:  # an unknown timm backbone in BASE+TIMM_NAME
+        return str(e)
     close = difflib.get_close_matches(identifier, list_models(), n=3, cutoff=0.5)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     return (f"unknown model {name!r}: {hint}"
