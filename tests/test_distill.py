@@ -167,7 +167,7 @@ def _distill_grads(rank, world, gather_with_grad, local_loss, data, term):
 
 
 def _rank_fn(rank, world, data):
-    return {(g, l, t): _distill_grads(rank, world, g, l, data, t) for g, l in COMBOS for t in ("affinity", "feature")}
+    return {(g, loc, t): _distill_grads(rank, world, g, loc, data, t) for g, loc in COMBOS for t in ("affinity", "feature")}
 
 
 @pytest.fixture(scope="module")
