@@ -41,3 +41,16 @@ def test_bench_inference_unknown_model(capsys):
     assert cli_main(["bench", "inference", "--models", "NoSuchModel"]) == 1
     err = capsys.readouterr().err.strip()
     assert "NoSuchModel" in err and "\n" not in err
+
+
+def test_bench_inference_towers_table_fuses_what_is_fusable(capsys):
+    from open_clip_lightclip.benchmarks.inference import TOWER_COLUMNS
+
+    assert cli_main(["bench", "inference", "--towers", "--models", "LightCLIP-Tiny", "LightCLIP-RepViT-M0.9",
+                     "--repeats", "1", "--warmup", "0"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == TOWER_COLUMNS
+    tiny, repvit = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    assert tiny[:5] == ["LightCLIP-Tiny", "`mobilenetv3_small_050`", "1x3x96x96", "699 k", "same"]
+    assert repvit[1] == "`repvit_m0_9`" and repvit[4] != "same" and repvit[6] != "same"
+    assert float(repvit[9]) > 0  # ONNX Runtime latency of the fused model (onnxruntime is a test dependency)

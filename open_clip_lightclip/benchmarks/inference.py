@@ -25,7 +25,8 @@ from typing import Dict, List, Optional
 
 from . import sync_device
 
-__all__ = ["plain_openclip_model", "exported_lightclip_model", "measure", "markdown_table", "run"]
+__all__ = ["plain_openclip_model", "exported_lightclip_model", "measure", "markdown_table", "tower_row", "tower_table",
+           "run"]
 
 COLUMNS = ["config", "encoder", "input", "params LightCLIP", "params OpenCLIP", "ratio",
            "MACs LightCLIP", "MACs OpenCLIP", "ratio", "latency LightCLIP (ms)", "latency OpenCLIP (ms)", "ratio"]
@@ -143,6 +144,76 @@ def markdown_table(results: Dict[str, List[dict]]) -> str:
     return "\n".join(lines)
 
 
+TOWER_COLUMNS = ["config", "image trunk", "input", "params", "params fused", "MACs", "MACs fused",
+                 "latency (ms)", "latency fused (ms)", "ONNX Runtime (ms)"]
+
+
+def _median_ms(fn, x, repeats: int, warmup: int) -> float:
+    import torch
+
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            fn(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def tower_row(name: str, work_dir: Path, batch_size: int = 1, repeats: int = 20, warmup: int = 3) -> dict:
+    """The image encoder of one config as deployed: parameters, MACs and CPU latency before and after fusing a
+    reparameterisable tower (``export``'s fusion), and the fused model's ONNX Runtime latency (n/a without
+    onnx / onnxruntime)."""
+    import copy
+
+    import open_clip
+    import torch
+
+    from ..export.inference import export_onnx
+
+    model = open_clip.create_model(name).eval()
+    cfg = open_clip.get_model_config(name)
+    inputs, shapes = _inputs(cfg, batch_size, "cpu")
+    x = inputs["image"]
+    fused = copy.deepcopy(model)
+    fusable = fused.visual.reparameterize()
+    row = {"config": name, "trunk": cfg["vision_cfg"]["timm_model_name"], "input": shapes["image"],
+           "params": _split_params(model)["image"], "params_fused": _split_params(fused)["image"] if fusable else None,
+           "macs": _macs(model.encode_image, x), "macs_fused": _macs(fused.encode_image, x) if fusable else None}
+    row["latency_ms"] = _median_ms(model.encode_image, x, repeats, warmup)
+    row["latency_fused_ms"] = _median_ms(fused.encode_image, x, repeats, warmup) if fusable else None
+    row["onnx_ms"] = None
+    try:
+        import onnxruntime as ort
+
+        out = work_dir / name
+        out.mkdir(parents=True, exist_ok=True)
+        export_onnx(fused, out, cfg["text_cfg"].get("context_length", 77), verify=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        session = ort.InferenceSession(str(out / "image_encoder.onnx"), options, providers=["CPUExecutionProvider"])
+        row["onnx_ms"] = _median_ms(lambda a: session.run(None, {"image": a}), x.numpy(), repeats, warmup)
+    except ImportError:
+        pass
+    return row
+
+
+def tower_table(rows: List[dict]) -> str:
+    def opt(v, fmt):
+        return "same" if v is None else fmt(v)
+
+    lines = ["| " + " | ".join(TOWER_COLUMNS) + " |", "|" + "|".join("---" for _ in TOWER_COLUMNS) + "|"]
+    for r in rows:
+        cells = [r["config"], f"`{r['trunk']}`", r["input"], _fmt_count(r["params"], ""),
+                 opt(r["params_fused"], lambda v: _fmt_count(v, "")), _fmt_count(r["macs"], ""),
+                 opt(r["macs_fused"], lambda v: _fmt_count(v, "")), f"{r['latency_ms']:.2f}",
+                 opt(r["latency_fused_ms"], lambda v: f"{v:.2f}"),
+                 "n/a" if r["onnx_ms"] is None else f"{r['onnx_ms']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     import open_clip
@@ -157,6 +228,25 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown model config {unknown[0]!r}; see `open-clip-lightclip list-models`", file=sys.stderr)
         return 1
+    if args.towers:
+        if device.type != "cpu":
+            print("error: --towers measures CPU latency (and ONNX Runtime's CPU provider); drop --device", file=sys.stderr)
+            return 2
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="lightclip-bench-") as tmp:
+            for name in names:
+                torch.manual_seed(0)
+                print(f"[bench inference] {name}: image encoder, {args.repeats} timed calls each", file=sys.stderr,
+                      flush=True)
+                rows.append(tower_row(name, Path(tmp), args.batch_size, args.repeats, args.warmup))
+        print(f"Image encoders as deployed (batch {args.batch_size}, CPU {platform.processor() or platform.machine()}, "
+              f"threads: {torch.get_num_threads()}, torch {torch.__version__}, median of {args.repeats}; "
+              f"fused = `export`'s reparameterisation, \"same\" where the tower has nothing to fuse; ONNX of the fused "
+              f"model)\n")
+        print(tower_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     results = {}
     with tempfile.TemporaryDirectory(prefix="lightclip-bench-") as tmp:
         for name in names:
@@ -192,5 +282,8 @@ def register(sub) -> None:
                    help="torch CPU threads (default: 1, the usual single-core edge-latency setting, and stable "
                         "on a shared machine; 0 = torch's default)")
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.add_argument("--towers", action="store_true",
+                   help="instead: the image encoder of each config as deployed: params, MACs and CPU latency before "
+                        "and after reparameterisation, and ONNX Runtime latency")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     p.set_defaults(func=run)
