@@ -228,41 +228,32 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown model config {unknown[0]!r}; see `open-clip-lightclip list-models`", file=sys.stderr)
         return 1
-    if args.towers:
-        if device.type != "cpu":
-            print("error: --towers measures CPU latency (and ONNX Runtime's CPU provider); drop --device", file=sys.stderr)
-            return 2
-        rows = []
-        with tempfile.TemporaryDirectory(prefix="lightclip-bench-") as tmp:
-            for name in names:
-                torch.manual_seed(0)
-                print(f"[bench inference] {name}: image encoder, {args.repeats} timed calls each", file=sys.stderr,
-                      flush=True)
-                rows.append(tower_row(name, Path(tmp), args.batch_size, args.repeats, args.warmup))
-        print(f"Image encoders as deployed (batch {args.batch_size}, CPU {platform.processor() or platform.machine()}, "
-              f"threads: {torch.get_num_threads()}, torch {torch.__version__}, median of {args.repeats}; "
-              f"fused = `export`'s reparameterisation, \"same\" where the tower has nothing to fuse; ONNX of the fused "
-              f"model)\n")
-        print(tower_table(rows))
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1))
-        return 0
+    if args.towers and device.type != "cpu":
+        print("error: --towers measures CPU latency (and ONNX Runtime's CPU provider); drop --device", file=sys.stderr)
+        return 2
+    cpu = platform.processor() or platform.machine()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu}, threads: {torch.get_num_threads()}"
     results = {}
     with tempfile.TemporaryDirectory(prefix="lightclip-bench-") as tmp:
         for name in names:
             torch.manual_seed(0)
+            print(f"[bench inference] {name}: {args.repeats} timed calls each", file=sys.stderr, flush=True)
+            if args.towers:
+                results[name] = tower_row(name, Path(tmp), args.batch_size, args.repeats, args.warmup)
+                continue
             light, model_cfg = exported_lightclip_model(name, Path(tmp))
             plain = plain_openclip_model(model_cfg)
             light, plain = light.to(device), plain.to(device)
-            print(f"[bench inference] {name}: {args.repeats} timed calls per encoder and model", file=sys.stderr,
-                  flush=True)
             results[name] = measure(light, plain, model_cfg, args.batch_size, args.repeats, args.warmup, device)
-    cpu = platform.processor() or platform.machine()
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu}, threads: {torch.get_num_threads()}"
-    print(f"Inference cost, exported LightCLIP model vs plain OpenCLIP CLIP on the same towers "
-          f"(batch {args.batch_size}, {where}, torch {torch.__version__}, median of {args.repeats}; "
-          f"ratio = LightCLIP / OpenCLIP)\n")
-    print(markdown_table(results))
+    setup = f"batch {args.batch_size}, {where}, torch {torch.__version__}, median of {args.repeats}"
+    if args.towers:
+        print(f"Image encoders as deployed ({setup}; fused = `export`'s reparameterisation, \"same\" where the tower "
+              f"has nothing to fuse; ONNX of the fused model)\n")
+        print(tower_table(list(results.values())))
+    else:
+        print(f"Inference cost, exported LightCLIP model vs plain OpenCLIP CLIP on the same towers ({setup}; "
+              f"ratio = LightCLIP / OpenCLIP)\n")
+        print(markdown_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -20,7 +20,8 @@ from PIL import Image
 
 from .sources import BuildStats, Record
 
-__all__ = ["write_shards", "add_tar_member", "is_heldout", "load_image", "build_shards", "read_shard_samples"]
+__all__ = ["write_shards", "add_tar_member", "is_heldout", "load_image", "build_shards", "read_shard_members",
+           "read_shard_samples"]
 
 Sample = Tuple[str, Image.Image, str]
 
@@ -238,29 +239,31 @@ def build_shards(
     return info
 
 
+def read_shard_members(path: str) -> List[Tuple[str, Dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` of every sample of one shard, in the shard's order."""
+    members: Dict[str, Dict[str, bytes]] = {}
+    order: List[str] = []
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            if key not in members:
+                members[key] = {}
+                order.append(key)
+            members[key][ext] = tar.extractfile(m).read()
+    return [(key, members[key]) for key in order]
+
+
 def read_shard_samples(pattern: str) -> Iterator[Tuple[str, "object", str, dict]]:
     """``(key, PIL image, caption, meta)`` of every sample in the shards of a brace pattern."""
     import braceexpand
 
     for url in braceexpand.braceexpand(pattern):
-        members: Dict[str, Dict[str, bytes]] = {}
-        order: List[str] = []
-        with tarfile.open(url) as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.partition(".")
-                if key not in members:
-                    members[key] = {}
-                    order.append(key)
-                members[key][ext] = tar.extractfile(m).read()
-        for key in order:
-            parts = members[key]
+        for key, parts in read_shard_members(url):
             data = parts.get("png") or parts.get("jpg") or parts.get("jpeg") or parts.get("webp")
             if data is None or "txt" not in parts:
                 continue
             image = Image.open(io.BytesIO(data)).convert("RGB")
             meta = json.loads(parts["json"]) if "json" in parts else {}
             yield key, image, parts["txt"].decode("utf-8"), meta
-
-

@@ -17,16 +17,16 @@ a rerun skips finished shards; an output folder holding another cache (other tea
 or files it did not write is refused.
 """
 import io
+import tarfile
 import json
 import os
-import tarfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .shards import add_tar_member
+from .shards import add_tar_member, read_shard_members
 
 __all__ = ["CACHE_INFO", "TEACHER_KEY", "CacheError", "pack_sample", "cache_teacher_shards"]
 
@@ -46,22 +46,6 @@ def pack_sample(sample: dict):
     from ..models.distill_heads import pack_text
 
     return sample["image"], pack_text(sample["text"], sample[TEACHER_KEY])
-
-
-def _read_samples(path: str):
-    """``(key, {ext: bytes})`` of a shard, in order."""
-    members: Dict[str, Dict[str, bytes]] = {}
-    order: List[str] = []
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            if key not in members:
-                members[key] = {}
-                order.append(key)
-            members[key][ext] = tar.extractfile(m).read()
-    return [(k, members[k]) for k in order]
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -101,7 +85,7 @@ def cache_teacher_shards(sources: Sequence[str], out: str, teachers: list, batch
             if progress:
                 progress(info["shards"][name])
             continue
-        samples = _read_samples(src)
+        samples = read_shard_members(src)
         rows: List[np.ndarray] = []
         for i in range(0, len(samples), batch_size):
             chunk = samples[i:i + batch_size]
