@@ -190,3 +190,28 @@ def test_two_processes_apply_the_single_process_gradient(distributed, term, gath
         torch.testing.assert_close(applied, fraction * grad, rtol=1e-7, atol=1e-10, msg=name)
     logged = torch.stack([r[(gather_with_grad, local_loss, term)][0] for r in ranks])
     torch.testing.assert_close(logged.mean() if (local_loss or term == "feature") else logged[0], value)
+
+
+def test_teacher_outputs_follow_the_batch_not_its_memory_address():
+    """--accum-freq feeds the same tensors twice (the teacher runs once); a new batch in a freed batch's memory
+    is a new batch."""
+    from open_clip_lightclip.models.distill_heads import _TeacherOutputs
+
+    calls = []
+
+    class FakeTeacher:
+        def embed_student_batch(self, images, texts, *args):
+            calls.append(1)
+            return images[:, 0, 0, :2].clone(), images[:, 0, 0, :2].clone()
+
+    model = type("M", (), {"visual": type("V", (), {"preprocess_cfg": {}})()})()
+    outputs = _TeacherOutputs([FakeTeacher()], [2], None, None)
+    memory, t = torch.zeros(2 * 3 * 4 * 4), torch.zeros(2, 5, dtype=torch.long)
+    a = memory.view(2, 3, 4, 4)
+    first = outputs._teacher_embeddings(model, a, t)
+    assert outputs._teacher_embeddings(model, a, t) is first and len(calls) == 1  # the gradient pass of --accum-freq
+    memory.fill_(1.0)
+    b = memory.view(2, 3, 4, 4)  # the next batch, at the same address (as a caching allocator hands it out)
+    assert b.data_ptr() == a.data_ptr()
+    got = outputs._teacher_embeddings(model, b, t)
+    assert len(calls) == 2 and torch.equal(got[0], torch.ones(2, 2))

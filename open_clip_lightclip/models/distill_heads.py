@@ -14,7 +14,7 @@ Teacher outputs are computed inside the model's forward, so they follow the stud
 again in the gradient pass) and DDP. The teachers are held outside the module tree: not in the
 state dict, the optimizer or DDP, never switched to training mode.
 """
-from collections import OrderedDict
+import weakref
 from typing import List, Optional, Sequence
 
 import torch
@@ -80,7 +80,9 @@ class _TeacherOutputs:
     def __init__(self, teachers: Optional[List[nn.Module]], dims: Sequence[int], student_tokenizer,
                  projector: Optional[DistillProjector], recent: int = 16):
         self.teachers, self.dims, self.tokenizer, self.projector = teachers, list(dims), student_tokenizer, projector
-        self.recent = OrderedDict()  # (image ptr, text ptr, shapes) -> teacher embeddings (--accum-freq)
+        # teacher embeddings of the latest input tensors, by identity (weak references: a freed batch's memory
+        # reused by the next batch is never mistaken for it); --accum-freq feeds the same tensors twice
+        self.recent: List[tuple] = []
         self.max_recent = recent
         self.unpacked = None
 
@@ -103,15 +105,16 @@ class _TeacherOutputs:
         if self.teachers is None:
             raise ValueError("--distill-cache: the training batch carries no teacher embeddings; train on the shards "
                              "`open-clip-lightclip cache-teacher` wrote (webdataset)")
-        key = (images.data_ptr(), texts.data_ptr(), tuple(images.shape), tuple(texts.shape))
-        if key not in self.recent:
-            cfg = getattr(module.visual, "preprocess_cfg", {}) or {}
-            mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
-            std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
-            self.recent[key] = [t.embed_student_batch(images, texts, self.tokenizer, mean, std) for t in self.teachers]
-            while len(self.recent) > self.max_recent:
-                self.recent.popitem(last=False)
-        return self.recent[key]
+        self.recent = [entry for entry in self.recent if entry[0]() is not None and entry[1]() is not None]
+        for image_ref, text_ref, embeddings in self.recent:
+            if image_ref() is images and text_ref() is texts:
+                return embeddings
+        cfg = getattr(module.visual, "preprocess_cfg", {}) or {}
+        mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
+        std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
+        embeddings = [t.embed_student_batch(images, texts, self.tokenizer, mean, std) for t in self.teachers]
+        self.recent = [*self.recent, (weakref.ref(images), weakref.ref(texts), embeddings)][-self.max_recent:]
+        return embeddings
 
     def hook(self, module, args, kwargs, output):
         if not (module.training and isinstance(output, dict) and "image_features" in output):
