@@ -1,4 +1,5 @@
-"""Models: the LightCLIP model and the model-class registry, towers, fusion, training-only heads, checkpoint reading.
+"""Models: the LightCLIP model and the model-class registry, towers (and ``BASE+TIMM_NAME`` configs), fusion,
+training-only heads, distillation teachers and their forward hooks, checkpoint reading.
 
 Plain PyTorch (+ timm, and OpenCLIP's own building blocks); imports nothing of this package
 outside ``models/``. Importing this package registers every model class.
