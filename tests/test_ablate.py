@@ -220,3 +220,21 @@ def test_report_table_by_hand():
     assert d["mean"] == pytest.approx(10.0) and d["wins"] == 2 and d["n"] == 3
     text = report.markdown(summary, ["clip", "x"], {}, ["# t"])
     assert "| clip (baseline) | 20.0 ± 10.0 |" in text and "| x | +10.0 [-14.8, +34.8] |" in text
+
+
+def test_an_arm_may_train_on_cached_teacher_shards_of_the_studys_own_data(tmp_path):
+    import json as _json
+
+    from open_clip_lightclip.studies.arms import StudyError, check_cached_shards, make_arm
+
+    with pytest.raises(StudyError, match="--train-data is set by the study for every arm"):
+        make_arm("x", "--loss clip --train-data other.tar")
+    arm = make_arm("cached", f"--loss clip --distill-cache --train-data {tmp_path}/c/train-{{0..1}}.tar")
+    with pytest.raises(StudyError, match="no .*teacher_cache.json; make the shards with"):
+        check_cached_shards(arm, f"{tmp_path}/train-{{0..1}}.tar")
+    (tmp_path / "c").mkdir()
+    sources = [str(tmp_path / f"train-{i}.tar") for i in (0, 1)]
+    (tmp_path / "c" / "teacher_cache.json").write_text(_json.dumps({"sources": sources}))
+    check_cached_shards(arm, f"{tmp_path}/train-{{0..1}}.tar")  # the study's own shards: paired
+    with pytest.raises(StudyError, match="caches other shards than the study's"):
+        check_cached_shards(arm, f"{tmp_path}/train-{{0..2}}.tar")

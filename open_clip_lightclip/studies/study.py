@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..upstream.trainer_cmd import trainer_command
 from . import report
-from .arms import Arm, StudyError, check_arms
+from .arms import Arm, StudyError, check_arms, check_cached_shards
 from .evaluate import evaluate_checkpoint, load_eval_data
 from .runs import cpu_seconds, finished_run, log, move_aside, read_curves, train
 
@@ -219,6 +219,8 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
               *cfg.common_flags({"heldout_data": "HELDOUT.tar"}, cfg.image_size or cfg.default_image_size)]
     arm_map = check_arms(arms, baseline, cfg.seeds, common)  # before any data is built or run trained
     info = _data(cfg)
+    for arm in arm_map.values():
+        check_cached_shards(arm, info["train_data"])
     logs = out / "logs"
     total_steps = cfg.steps_per_epoch * cfg.epochs
     plan = [(seed, arm) for seed in cfg.seeds for arm in arm_map.values()]
