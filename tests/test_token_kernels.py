@@ -1,4 +1,6 @@
 """The token term's fast paths equal its reference: Sinkhorn kernels, length buckets (issue 13)."""
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,6 +97,8 @@ def test_per_pair_lengths_equal_the_padded_result(mode, chunk):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_kernel_equals_the_reference():
     """torch.compile of the scaling iterations (C++ on this CPU, Triton on CUDA), over two batch sizes of one
     compiled graph (dynamic batch dimension)."""
