@@ -26,11 +26,11 @@ def test_new_config_builds_trains_with_every_lightclip_term_and_reloads(name, tm
     from open_clip_lightclip.models.train_heads import LightCLIPTrainCfg
 
     torch.manual_seed(0)
-    model = open_clip.create_model(name, force_image_size=64, output_dict=True)
+    model = open_clip.create_model(name, force_image_size=32, output_dict=True)
     assert isinstance(model, LightCLIP) and model.visual.trunk.default_cfg["architecture"] == NEW[name][0]
     assert model.visual.reparameterizable == NEW[name][1]
     model.add_train_heads(LightCLIPTrainCfg(token=True, mlm=True, fusion_layers=(2, 4, 6)))
-    images = torch.randn(4, 3, 64, 64)
+    images = torch.randn(4, 3, 32, 32)  # a 1x1 last feature map: one patch token per image
     texts = open_clip.get_tokenizer(name)(["a red car", "two dogs", "a blue circle", "a tree"])
     loss = LightCLIPLoss(progress=type("P", (), {"fraction": 0.5})())
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -41,7 +41,7 @@ def test_new_config_builds_trains_with_every_lightclip_term_and_reloads(name, tm
     assert all(p.grad is not None for p in model.visual.proj.parameters())
     path = tmp_path / "epoch_1.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    reloaded = open_clip.create_model(name, pretrained=str(path), force_image_size=64).eval()
+    reloaded = open_clip.create_model(name, pretrained=str(path), force_image_size=32).eval()
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded.encode_image(images), model.encode_image(images), rtol=0, atol=1e-6)
@@ -67,7 +67,7 @@ def test_unknown_timm_backbone_is_one_line_with_the_nearest_names():
         open_clip.get_model_config("ViT-B-32+resnet50")
 
 
-@pytest.mark.parametrize("name", ["LightCLIP-MobileOne-S0", "LightCLIP-RepViT-M0.9"])
+@pytest.mark.parametrize("name", ["LightCLIP-MobileOne-S0"])  # RepViT's fusion: test_bench_inference (towers)
 def test_export_fuses_a_reparameterisable_tower_and_reloads_it_fused(name, tmp_path, capsys):
     torch.manual_seed(0)
     model = open_clip.create_model(name, force_image_size=64)
