@@ -1,5 +1,6 @@
 """``open-clip-lightclip cache-teacher``: teacher embeddings stored in the shards, once, for ``--distill-cache``."""
 import argparse
+import os
 import sys
 
 EPILOG = """\
@@ -26,7 +27,7 @@ def _cmd_cache_teacher(args: argparse.Namespace) -> int:
     from ..models.teachers import TeacherError, build_teacher
 
     sources = [s for part in args.shards.split("::") for s in braceexpand.braceexpand(part)]
-    missing = [s for s in sources if not __import__("os").path.isfile(s)]
+    missing = [s for s in sources if not os.path.isfile(s)]
     if missing:
         print(f"error: no such shard {missing[0]} ({len(missing)} of {len(sources)} missing)", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 __all__ = ["PROJECTOR_MODULE_NAME", "DistillProjector", "pack_text", "unpack_texts", "attach_distillation",
            "student_embed_dim"]
@@ -110,8 +111,7 @@ class _TeacherOutputs:
             if image_ref() is images and text_ref() is texts:
                 return embeddings
         cfg = getattr(module.visual, "preprocess_cfg", {}) or {}
-        mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
-        std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
+        mean, std = cfg.get("mean", OPENAI_DATASET_MEAN), cfg.get("std", OPENAI_DATASET_STD)
         embeddings = [t.embed_student_batch(images, texts, self.tokenizer, mean, std) for t in self.teachers]
         self.recent = [*self.recent, (weakref.ref(images), weakref.ref(texts), embeddings)][-self.max_recent:]
         return embeddings

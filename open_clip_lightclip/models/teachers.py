@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 __all__ = ["TeacherError", "parse_teacher", "check_teacher_spec", "Teacher", "build_teacher", "adapt_images", "decode_tokens",
            "same_tokenizer"]
@@ -86,8 +87,7 @@ class Teacher(nn.Module):
         cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
         size = cfg.get("size", getattr(model.visual, "image_size", 224))
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.mean, self.std = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))), \
-            tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+        self.mean, self.std = tuple(cfg.get("mean", OPENAI_DATASET_MEAN)), tuple(cfg.get("std", OPENAI_DATASET_STD))
         scale = getattr(model, "logit_scale", None)
         self.logit_scale = float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
 
