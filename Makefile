@@ -17,10 +17,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/open-clip-lightclip demo
 
+# pytest-xdist workers (one per core of the 2-core CI machine); TEST_WORKERS=0 runs the suite in one process
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(VENV)/bin/lint-imports  # the rooms' import contract (pyproject.toml [tool.importlinter])
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations 15
 
 clean:
 	rm -rf $(VENV) demo_out

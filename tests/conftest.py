@@ -9,12 +9,19 @@ from open_clip_lightclip.upstream.trainer_cmd import trainer_command
 from open_clip_lightclip.data.synthetic import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]
+# `make test` runs the suite in one pytest-xdist worker per core: each worker, and every Python it starts, then
+# computes on one thread (two threads per worker on two cores would oversubscribe them); a plain `pytest` keeps two.
+THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+if THREADS == "1":
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def subprocess_env(**extra):
     """Environment of a child Python: CPU only, quiet, no user site, plugin not disabled."""
     env = {k: v for k, v in os.environ.items() if k != "OPEN_CLIP_LIGHTCLIP_DISABLE"}
-    env.update(CUDA_VISIBLE_DEVICES="", PYTHONNOUSERSITE="1", OMP_NUM_THREADS="2", TORCH_LOGS="-all")
+    env.update(CUDA_VISIBLE_DEVICES="", PYTHONNOUSERSITE="1", OMP_NUM_THREADS=THREADS, TORCH_LOGS="-all")
     env.update(extra)
     return env
 

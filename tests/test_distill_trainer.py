@@ -14,6 +14,7 @@ from open_clip_lightclip.cli import main as cli_main
 from open_clip_lightclip.models.checkpoint import read_state_dict
 
 pytestmark = pytest.mark.slow
+LOGGED = re.compile(r"Logit Scale: .*")  # a trainer log line: logit scale, every named term, the loss
 TERMS = re.compile(r"Distill_affinity_loss: ([\d.]+).*Distill_feature_loss: ([\d.]+)")
 
 
@@ -122,8 +123,18 @@ def test_cache_equals_the_online_teacher_and_training_from_it_equals_online_trai
                           extra=["--workers", "0", "--distill-cache", *common])[1:]  # the online run's flags
     proc = run_python(cmd)
     assert "(cached embeddings;" in proc.stdout + proc.stderr
+    # every step's logged logit scale, terms (contrastive, affinity, feature) and loss: the same numbers, to the
+    # last printed digit
+    online, cached = ([[float(x) for x in re.findall(r"\d+\.\d+", line)] for line in LOGGED.findall(
+        (tmp_path / "logs" / name / "out.log").read_text())] for name in ("online", "cached"))
+    assert len(online) == 4 and len(online[0]) == 9
+    np.testing.assert_allclose(cached, online, rtol=0, atol=1.01e-4)
+    # and so are the weights, but for a few elements: a gradient near 0 whose float rounding differs between the
+    # two runs (the cache's teacher ran at another batch size) can change sign, and AdamW's first steps move that
+    # element by ~lr either way; a cache row paired with the wrong sample moves nearly all of them
     a = _state_dict(online_dir / "epoch_1.pt")
     b = _state_dict(tmp_path / "logs" / "cached" / "checkpoints" / "epoch_1.pt")
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+    floats = [k for k in a if a[k].is_floating_point()]
+    off = sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in floats)
+    assert off <= 1e-3 * sum(a[k].numel() for k in floats), off
