@@ -147,10 +147,10 @@ def check_teacher_spec(spec: str) -> str:
     except ValueError as e:  # an unknown timm backbone in BASE+TIMM_NAME
         return f"teacher {spec!r}: {e}"
     if not known:
-        import difflib
+        from .timm_names import nearest_names
 
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.5)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        close = nearest_names(name, open_clip.list_models())
+        hint = f" (did you mean {close}?)" if close else ""
         return f"teacher {spec!r}: unknown model {name!r}{hint}; see open_clip.list_models()"
     if weights is None:
         return (f"teacher {spec!r}: no weights; a randomly initialised teacher teaches nothing: write "

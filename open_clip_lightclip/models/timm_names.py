@@ -6,15 +6,20 @@ accepts it (``open_clip.create_model_and_transforms``, ``get_tokenizer``, the tr
 ``clip_benchmark --model``, ``export``): the seam resolves it when OpenCLIP looks the config up.
 """
 import difflib
-from typing import Callable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
-__all__ = ["SEPARATOR", "UnknownBackbone", "split_timm_name", "timm_model_config"]
+__all__ = ["SEPARATOR", "UnknownBackbone", "nearest_names", "split_timm_name", "timm_model_config"]
 
 SEPARATOR = "+"
 
 
 class UnknownBackbone(ValueError):
     """A ``BASE+TIMM_NAME`` whose base or timm name does not exist (one line, with the nearest names)."""
+
+
+def nearest_names(name: str, names: Iterable[str], cutoff: float = 0.5) -> str:
+    """Up to three of ``names`` closest to ``name``, as ``"A or B or C"`` for a did-you-mean hint; '' if none."""
+    return " or ".join(difflib.get_close_matches(name, list(names), n=3, cutoff=cutoff))
 
 
 def split_timm_name(name: str) -> Optional[Tuple[str, str]]:
@@ -36,8 +41,8 @@ def timm_model_config(name: str, base_config: Callable[[str], Optional[dict]]) -
     import timm
 
     if not timm.is_model(timm_name.split(".")[0]):
-        close = difflib.get_close_matches(timm_name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        close = nearest_names(timm_name, timm.list_models(), cutoff=0.6)
+        hint = f" (did you mean {close}?)" if close else ""
         raise UnknownBackbone(f"model {name!r}: timm has no model {timm_name!r}{hint}; see timm.list_models()")
     cfg["vision_cfg"]["timm_model_name"] = timm_name
     return cfg

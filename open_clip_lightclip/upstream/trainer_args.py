@@ -3,7 +3,6 @@
 Plain argparse; :mod:`.hooks` adds them to upstream's parser.
 """
 import argparse
-import difflib
 
 __all__ = ["add_args", "check_args"]
 
@@ -32,14 +31,16 @@ def _check_model_name(name: str) -> str:
     """Empty string when ``name`` is a model OpenCLIP can build, else a one-line error."""
     from open_clip.factory import get_model_config, list_models, parse_model_name
 
+    from ..models.timm_names import nearest_names
+
     schema, identifier = parse_model_name(name)
     try:
         if schema is not None or get_model_config(identifier.replace("/", "-")) is not None:
             return ""
     except ValueError as e:  # an unknown timm backbone in BASE+TIMM_NAME
         return str(e)
-    close = difflib.get_close_matches(identifier, list_models(), n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    close = nearest_names(identifier, list_models())
+    hint = f"did you mean {close}? " if close else ""
     return (f"unknown model {name!r}: {hint}"
             "see `python -c 'import open_clip; print(open_clip.list_models())'` for the names")
 
