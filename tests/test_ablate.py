@@ -140,7 +140,7 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     arms = ["clip", "inst=--loss lightclip --lightclip-token-weight 0 --lightclip-mlm-weight 0 "
                     "--lightclip-soft-label-max 0", "all=--loss lightclip"]
     cmd = ["-m", "open_clip_lightclip.cli", "ablate", "--data", str(mini_shards), "--out", str(out), "--baseline",
-           "clip", "--seeds", "0", "1", "--fashion-mnist-samples", "0", "--arms", *arms, *BUDGET]
+           "clip", "--seeds", "0", "1", "--fashion-mnist-samples", "0", *BUDGET, "--arms", *arms]
     proc = run_python(cmd)
     assert re.search(r"run 6/6 all-seed1: elapsed [\d.]+ min, study eta \d+ min", proc.stdout)
     logs = out / "logs"
@@ -162,11 +162,20 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     assert re.search(r"\| all \| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \|", table)
     assert (out / "results.png").stat().st_size > 10_000
 
-    # resume: finished runs are reused; an interrupted run's folder is moved aside, then trained again
-    (logs / "all-seed1" / "checkpoints" / "epoch_1.pt").unlink()
-    again = run_python(cmd)
-    assert again.stdout.count("reusing the finished run") == 5
+    # resume: finished runs are reused; an interrupted run's folder is moved aside, then trained again; an arm
+    # whose flags spell an earlier arm's training otherwise (a default written out) reuses that arm's runs
+    (logs / "all-seed1" / "checkpoints" / "epoch_1.pt").unlink()  # as if stopped before its last save
+    del results["runs"][[(r["arm"], r["seed"]) for r in results["runs"]].index(("all", 1))]
+    (out / "results.json").write_text(json.dumps(results))
+    same = "same=--loss lightclip --lightclip-mlm-weight 0 --lightclip-soft-label-max 0 --lightclip-token-weight 0 " \
+           "--lightclip-instance-weight 1"
+    again = run_python([*cmd, same])
+    assert again.stdout.count("reusing the finished run") == 5 and again.stdout.count("$ ") == 1  # only all-seed1
+    assert "arms inst, same train the same" in again.stdout
+    assert again.stdout.count("(the same training)") == 2 and "same-seed1: reusing the evaluated run inst-seed1" in again.stdout
     assert len(list(logs.glob("all-seed1.previous-*"))) == 1 and (logs / "all-seed1" / "checkpoints" / "epoch_1.pt").is_file()
+    rows = {(r["arm"], r["seed"]): r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert rows["same", 1]["eval"] == rows["inst", 1]["eval"] and rows["same", 1]["settings"] == rows["inst", 1]["settings"]
 
 
 @pytest.mark.slow
@@ -207,6 +216,33 @@ def test_demo_help_documents_the_budget_knobs(capsys):
 def test_demo_refuses_unknown_data_folder(tmp_path, capsys):
     assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--fashion-mnist-samples", "0"]) == 2
     assert "build-shards" in capsys.readouterr().err
+
+
+def test_runs_are_reused_by_the_settings_the_trainer_resolves_not_by_how_the_flags_are_spelled(tmp_path):
+    from open_clip_lightclip.studies.runs import same_settings
+    from open_clip_lightclip.studies.study import find_recorded, recorded_runs, same_trainings
+    from open_clip_lightclip.upstream.trainer_cmd import trainer_command, trainer_settings
+
+    def settings(name, *flags):
+        return trainer_settings(trainer_command("x.tar", "/logs", name, loss="lightclip", extra=list(flags))[3:])
+
+    default = settings("a")
+    assert settings("b", "--lightclip-token-weight", str(default["lightclip_token_weight"])) == default  # name aside
+    assert settings("a", "--lightclip-token-weight", "0.25") != default and "name" not in default
+    # a flag the record predates is not compared; one it knows with another value (a changed default) is
+    older = {k: v for k, v in default.items() if k != "lightclip_token_temperature"}
+    assert same_settings(older, default) and not same_settings({**older, "lightclip_mlm_weight": 0.123}, default)
+    assert same_trainings({"a": default, "b": dict(default), "c": {**default, "seed": 1}}) == [["a", "b"]]
+    # records: the one of the same name first; a record without settings (older ablate) is never reused
+    runs = [{"arm": "x", "seed": 0, "eval": {"i2t_R@1": 0.1}, "settings": default},
+            {"arm": "a", "seed": 0, "eval": {"i2t_R@1": 0.2}, "settings": default},
+            {"arm": "b", "seed": 0, "eval": {"i2t_R@1": 0.3}, "cmd": ["python", "-m", "open_clip_train.main"]}]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"runs": runs}))
+    recorded = recorded_runs(path)
+    assert len(recorded) == 2 and find_recorded(recorded, default, "a-seed0")["eval"]["i2t_R@1"] == 0.2
+    assert find_recorded(recorded, default, "z-seed0")["arm"] == "x"
+    assert find_recorded(recorded, {**default, "seed": 1}, "a-seed1") is None
 
 
 def test_report_table_by_hand():

@@ -1,8 +1,8 @@
 """Training runs through the real ``python -m open_clip_train.main``: start, follow, reuse, move aside.
 
 A run writes to ``LOGS/NAME`` exactly as the trainer does, plus ``study_run.json`` (its command
-line, times and, once evaluated, its metrics). A finished run with the same command line is
-reused; a folder holding anything else (an interrupted run, other settings) is moved aside to
+line, the trainer settings it resolves to, times and, once evaluated, its metrics). A finished run
+with the same settings is reused; a folder holding anything else (an interrupted run, other settings) is moved aside to
 ``NAME.previous-<time>``, never deleted.
 """
 import json
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
-__all__ = ["cpu_seconds", "log", "RECORD", "TRAIN_LINE", "finished_run", "move_aside", "train", "read_curves"]
+__all__ = ["cpu_seconds", "log", "RECORD", "TRAIN_LINE", "same_settings", "finished_run", "move_aside", "train", "read_curves"]
 
 RECORD = "study_run.json"
 TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \(\s*\d+%\)\].*?Batch \(t\): ([\d.]+).*? Loss: ([\d.eE+-]+)")
@@ -33,13 +33,20 @@ def log(msg: str, tag: str = "study") -> None:
     print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def finished_run(run_dir: Path, cmd: List[str], checkpoint: Path) -> Optional[dict]:
-    """The record of a finished run of exactly ``cmd`` (the interpreter aside), else None."""
+def same_settings(recorded: dict, settings: dict) -> bool:
+    """True when a recorded run's trainer settings are ``settings``. Only flags both know are compared: a flag
+    added after the run was recorded is taken to default to the behaviour it had (the rule this package keeps
+    when it adds one); a changed default, or any flag set otherwise, is a different run."""
+    return all(recorded[k] == settings[k] for k in recorded.keys() & settings.keys())
+
+
+def finished_run(run_dir: Path, settings: dict, checkpoint: Path) -> Optional[dict]:
+    """The record of a finished run that trained with exactly these trainer ``settings``, else None."""
     record_path = run_dir / RECORD
     if not (checkpoint.is_file() and record_path.is_file()):
         return None
     record = json.loads(record_path.read_text())
-    return record if record.get("cmd", [])[1:] == cmd[1:] else None
+    return record if record.get("settings") and same_settings(record["settings"], settings) else None
 
 
 def move_aside(run_dir: Path) -> Path:
@@ -49,9 +56,10 @@ def move_aside(run_dir: Path) -> Path:
     return aside
 
 
-def train(cmd: List[str], run_dir: Path, checkpoint: Path, total_steps: int, steps_per_epoch: int,
+def train(cmd: List[str], settings: dict, run_dir: Path, checkpoint: Path, total_steps: int, steps_per_epoch: int,
           batch_size: int, threads: int = 0, report: Callable[[str], None] = log) -> Optional[dict]:
-    """Run the trainer command, report progress about every 10%; the run's record, or None if it failed."""
+    """Run the trainer command, report progress about every 10%; the run's record (with the trainer ``settings``
+    the command resolves to), or None if it failed."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -77,7 +85,7 @@ def train(cmd: List[str], run_dir: Path, checkpoint: Path, total_steps: int, ste
     if rc != 0 or not checkpoint.is_file():
         print(f"error: training {name} failed (exit {rc}); last lines:\n" + "\n".join(tail[-15:]), file=sys.stderr)
         return None
-    record = {"cmd": cmd, "command": shlex.join(cmd), "train_seconds": seconds,
+    record = {"cmd": cmd, "command": shlex.join(cmd), "settings": settings, "train_seconds": seconds,
               "train_cpu_seconds": cpu_seconds() - cpu_start, "checkpoint": str(checkpoint), "run_dir": str(run_dir)}
     (run_dir / RECORD).write_text(json.dumps(record, indent=1))
     return record

@@ -1,8 +1,9 @@
 """A study: arms x seeds through the real trainer on one data set, model and budget, evaluated and compared.
 
 Runs are paired by seed: the trainer's ``--seed`` fixes the towers' initial weights and the data
-order, so two arms of one seed differ only in their flags. Resumable: finished runs (same command
-line, evaluated) are reused, an interrupted run's folder is moved aside. Writes ``results.md``,
+order, so two arms of one seed differ only in their flags. Resumable: a finished, evaluated run with the
+same trainer settings (every flag and default the trainer resolves, the run's name aside) is reused,
+whatever arm it was recorded under; an interrupted run's folder is moved aside. Writes ``results.md``,
 ``results.json`` and the forest plot ``results.png`` to the output folder after every run.
 """
 import json
@@ -16,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..upstream.trainer_cmd import trainer_command
+from ..upstream.trainer_cmd import trainer_command, trainer_settings
 from . import report
 from .arms import Arm, StudyError, check_arms, check_cached_shards
 from .evaluate import evaluate_checkpoint, load_eval_data
-from .runs import cpu_seconds, finished_run, log, move_aside, read_curves, train
+from .runs import cpu_seconds, finished_run, log, move_aside, read_curves, same_settings, train
 
 __all__ = ["StudyConfig", "run_study", "prepare_clipart_shards", "APT_LINE"]
 
@@ -197,18 +198,33 @@ def _write_results(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline:
     return text
 
 
-def recorded_runs(*paths: Path) -> Dict[tuple, dict]:
-    """Evaluated runs of earlier ``results.json`` files, by command line (the interpreter aside).
+def recorded_runs(*paths: Path) -> List[dict]:
+    """Evaluated runs of earlier ``results.json`` files, each with the trainer settings it ran with.
 
     A study copied to another machine without its run folders (or whose logs were cleaned) resumes
-    from them: the same command on the same shards is not trained again."""
-    found: Dict[tuple, dict] = {}
+    from them: a run with the same settings on the same shards is not trained again. Records without
+    settings (written before ``ablate`` kept them) are left out: their defaults are not known."""
+    found: List[dict] = []
     for path in paths:
         if path.is_file():
-            for r in json.loads(path.read_text()).get("runs", []):
-                if "eval" in r and r.get("cmd"):
-                    found[tuple(r["cmd"][1:])] = {k: v for k, v in r.items() if k not in ("reused", "arm", "seed")}
+            found += [{k: v for k, v in r.items() if k != "reused"}
+                      for r in json.loads(path.read_text()).get("runs", []) if "eval" in r and r.get("settings")]
     return found
+
+
+def find_recorded(recorded: List[dict], settings: dict, name: str) -> Optional[dict]:
+    """The recorded run with these settings (the one of the same name first), else None."""
+    matches = [r for r in recorded if same_settings(r["settings"], settings)]
+    matches.sort(key=lambda r: f"{r.get('arm')}-seed{r.get('seed')}" != name)
+    return matches[0] if matches else None
+
+
+def same_trainings(plan_settings: Dict[str, dict]) -> List[List[str]]:
+    """Groups of arms whose flags resolve to the same trainer settings (e.g. a flag set to its default)."""
+    groups: Dict[str, List[str]] = {}
+    for name, settings in plan_settings.items():
+        groups.setdefault(json.dumps(settings, sort_keys=True), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) -> int:
@@ -226,32 +242,43 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
     plan = [(seed, arm) for seed in cfg.seeds for arm in arm_map.values()]
     data = load_eval_data(info["heldout_data"], cfg.fashion_mnist_samples, cfg.fashion_mnist_dir)  # every report needs it
     recorded = recorded_runs(cfg.reports / "results.json", out / "results.json")
+
+    def command(arm: Arm, seed: int) -> List[str]:
+        return trainer_command(info["train_data"], str(logs), f"{arm.name}-seed{seed}", model=cfg.model, loss=None,
+                               batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, warmup=cfg.warmup, seed=seed,
+                               extra=[*cfg.common_flags(info), *arm.flags])
+
+    first_seed = {a.name: trainer_settings(command(a, cfg.seeds[0])[3:]) for a in arm_map.values()}
+    for names in same_trainings(first_seed):
+        log(f"arms {', '.join(names)} train the same (their flags resolve to the same trainer settings): each "
+            "seed is trained once and reported under every name", cfg.tag)
     runs: List[dict] = []
     fresh_seconds: List[float] = []
     for i, (seed, arm) in enumerate(plan, 1):
         name = f"{arm.name}-seed{seed}"
         run_dir = logs / name
         ckpt = run_dir / "checkpoints" / f"epoch_{cfg.epochs}.pt"
-        cmd = trainer_command(info["train_data"], str(logs), name, model=cfg.model, loss=None,
-                              batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, warmup=cfg.warmup, seed=seed,
-                              extra=[*cfg.common_flags(info), *arm.flags])
+        cmd = command(arm, seed)
+        settings = trainer_settings(cmd[3:])
         elapsed = time.time() - start
         left = len(plan) - i + 1
         eta = f", study eta {sum(fresh_seconds) / len(fresh_seconds) * left / 60:.0f} min" if fresh_seconds else ""
         log(f"run {i}/{len(plan)} {name}: elapsed {elapsed / 60:.1f} min{eta}", cfg.tag)
-        record = finished_run(run_dir, cmd, ckpt)
+        record = finished_run(run_dir, settings, ckpt)
         if record is not None:
             log(f"{name}: reusing the finished run in {run_dir}", cfg.tag)
             record["reused"] = True
-        elif not run_dir.exists() and tuple(cmd[1:]) in recorded:
-            record = dict(recorded[tuple(cmd[1:])], reused=True)
-            log(f"{name}: reusing its evaluated record in results.json (the run folder is gone)", cfg.tag)
+        elif find_recorded(recorded, settings, name) is not None:
+            record = dict(find_recorded(recorded, settings, name), reused=True)
+            source = f"{record.get('arm')}-seed{record.get('seed')}"
+            log(f"{name}: reusing the evaluated run {source} recorded in results.json"
+                + (" (the same training)" if source != name else ""), cfg.tag)
         else:
             if run_dir.exists():
                 log(f"{name}: moved the earlier run folder aside to {move_aside(run_dir)}", cfg.tag)
             log(f"  $ {shlex.join(cmd)}", cfg.tag)
             t0 = time.time()
-            record = train(cmd, run_dir, ckpt, total_steps, cfg.steps_per_epoch, cfg.batch_size, cfg.threads,
+            record = train(cmd, settings, run_dir, ckpt, total_steps, cfg.steps_per_epoch, cfg.batch_size, cfg.threads,
                            report=lambda msg: log(msg, cfg.tag))
             if record is None:
                 return 1
@@ -266,8 +293,9 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
             f"{e['t2i_R@1']:.3f}/{e['t2i_R@5']:.3f}/{e['t2i_R@10']:.3f}  clip-art zero-shot "
             f"{e.get('clipart_zeroshot', float('nan')):.3f}  Fashion-MNIST {e.get('fashion_mnist_zeroshot', float('nan')):.3f}",
             cfg.tag)
-        if run_dir.exists() or "curves" not in record:
-            record["curves"] = read_curves(run_dir, cfg.steps_per_epoch, cfg.batch_size)
+        if "curves" not in record:
+            record["curves"] = read_curves(Path(record.get("run_dir", run_dir)), cfg.steps_per_epoch, cfg.batch_size)
+        recorded.append({k: v for k, v in record.items() if k != "reused"})  # an arm of the same training reuses it
         runs.append(record)
         _write_results(cfg, info, arm_map, baseline, runs, data, start)
     text = _write_results(cfg, info, arm_map, baseline, runs, data, start)

@@ -1,17 +1,16 @@
 """Command lines of the real trainer (``python -m open_clip_train.main``): built for studies and tests, checked."""
 import contextlib
 import io
+import json
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["trainer_command", "trainer_parse_error"]
+__all__ = ["trainer_command", "trainer_parse_error", "trainer_settings", "RUN_IDENTITY"]
 
 
-def trainer_parse_error(argv: Sequence[str]) -> Optional[str]:
-    """The trainer parser's one-line error for ``argv`` (plugin flags and their checks included), or None.
-
-    Parses in this process without side effects: the parsed args are not left pending for the
-    next model this process builds."""
+def _parse(argv: Sequence[str]):
+    """``(args, None)`` or ``(None, one-line error)``: the trainer's parser in this process, without side effects
+    (the parsed args are not left pending for the next model this process builds)."""
     from open_clip_train.params import parse_args
 
     from . import hooks
@@ -19,15 +18,34 @@ def trainer_parse_error(argv: Sequence[str]) -> Optional[str]:
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            parse_args(list(argv))
+            return parse_args(list(argv)), None
     except SystemExit as e:
         if e.code in (0, None):
-            return None
+            return None, None
         lines = [line for line in err.getvalue().strip().splitlines() if line.strip()]
-        return lines[-1].split("error: ", 1)[-1] if lines else f"exit {e.code}"
+        return None, (lines[-1].split("error: ", 1)[-1] if lines else f"exit {e.code}")
     finally:
         hooks._PENDING_TRAINER_ARGS = None
-    return None
+
+
+def trainer_parse_error(argv: Sequence[str]) -> Optional[str]:
+    """The trainer parser's one-line error for ``argv`` (plugin flags and their checks included), or None."""
+    return _parse(argv)[1]
+
+
+# what names a run rather than what it trains
+RUN_IDENTITY = ("name", "logs")
+
+
+def trainer_settings(argv: Sequence[str]) -> Dict[str, Any]:
+    """Every setting the trainer resolves from ``argv`` (its flags and the defaults of upstream and the plugin),
+    as JSON values, without the run's name and log folder: two command lines train the same run exactly when
+    their settings are equal, however the flags are spelled, and a changed default changes them."""
+    args, error = _parse(argv)
+    if args is None:
+        raise ValueError(error or f"no trainer settings for {' '.join(argv)}")
+    settings = {k: v for k, v in vars(args).items() if k not in RUN_IDENTITY}
+    return json.loads(json.dumps(settings, sort_keys=True, default=repr))
 
 
 def trainer_command(
