@@ -50,7 +50,7 @@ def _run(cmd, env=None, check=True):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [
-    ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0"],  # token alone
+    ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0", "--lightclip-token-weight", "1"],
     ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0"],  # MLM alone
     ["--loss", "cliplite", "--cliplite-prior-weight", "0.1"],
 ], ids=["token-alone", "mlm-alone", "cliplite-prior"])
@@ -98,7 +98,8 @@ def test_first_step_of_two_processes_equals_one_process_on_the_global_batch(shar
     """2 x B == 1 x 2B: the logged terms and the updated parameters after one optimizer step. The image trunk
     is locked with frozen BatchNorm statistics (BN would see B samples instead of 2B), augmentation is off, MLM
     (random masks per process) is off; the global batch is the same 16 samples in both runs."""
-    flags = ["--loss", "lightclip", "--lightclip-mlm-weight", "0", "--gather-with-grad", "--lock-image",
+    flags = ["--loss", "lightclip", "--lightclip-mlm-weight", "0", "--lightclip-token-weight", "1",
+             "--gather-with-grad", "--lock-image",
              "--lock-image-freeze-bn-stats", "--aug-cfg", "scale=(1.0,1.0)", "ratio=(1.0,1.0)",
              "--train-num-samples", "16", "--lr", "1e-3",
              "--eps", "1e-3"]  # Adam's epsilon above float noise: gradients that are exactly 0 in theory (e.g. key

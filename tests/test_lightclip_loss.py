@@ -157,7 +157,7 @@ def test_token_term_by_hand():
     img = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
     txt = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.6, 0.8], [0.0, 0.0]]])
     mask = torch.tensor([[False, True, False], [False, True, False]])
-    loss = LightCLIPLoss(instance_weight=0, mlm_weight=0, matching="hungarian", progress=_fixed(0))
+    loss = LightCLIPLoss(token_weight=1, instance_weight=0, mlm_weight=0, matching="hungarian", progress=_fixed(0))
     scale = torch.tensor(3.0)
     logits = scale * torch.tensor([[1.0, 0.6], [0.0, 0.8]])
     expected = (F.cross_entropy(logits, torch.arange(2)) + F.cross_entropy(logits.T, torch.arange(2))) / 2
@@ -298,7 +298,7 @@ def test_token_term_with_its_own_learned_temperature():
     torch.nn.init.constant_(model.lightclip_train.token_logit_scale, 1.5)
     out = model(torch.randn(3, 3, 64, 64), open_clip.get_tokenizer("LightCLIP-Tiny")(["a red circle", "a cat", "x y z"]))
     assert out["token_logit_scale"].item() == pytest.approx(math.exp(1.5))
-    loss = LightCLIPLoss(mlm_weight=0, soft_label_max=0, progress=_fixed(0))
+    loss = LightCLIPLoss(token_weight=1, mlm_weight=0, soft_label_max=0, progress=_fixed(0))
     terms = loss(**out, output_dict=True)
     expected = loss.token_loss(out["image_tokens"], out["text_tokens"], out["text_mask"], torch.tensor(math.exp(1.5)))
     assert torch.allclose(terms["token_loss"], expected, atol=1e-6)
@@ -331,7 +331,8 @@ def test_hard_negatives_with_k_at_least_the_batch_are_the_full_token_term(mode):
     grads = []
     for k in (0, 5, 50):  # 0: the full term; 5 = batch - 1 and 50: every negative
         leaves = {key: v.clone().requires_grad_(v.is_floating_point()) for key, v in data.items()}
-        loss = LightCLIPLoss(instance_weight=0, mlm_weight=0, matching=mode, token_negatives=k, progress=_fixed(0))
+        loss = LightCLIPLoss(token_weight=1, instance_weight=0, mlm_weight=0, matching=mode, token_negatives=k,
+                             progress=_fixed(0))
         value = loss(**leaves, logit_scale=torch.tensor(7.0, dtype=torch.float64), output_dict=True)["token_loss"]
         value.backward()
         grads.append((value.detach(), leaves["image_tokens"].grad, leaves["text_tokens"].grad))
@@ -345,7 +346,7 @@ def test_hard_negatives_score_the_positive_and_the_k_most_similar_by_instance_si
     from open_clip_lightclip.losses.token_matching import token_scores
 
     data = _token_inputs()
-    loss = LightCLIPLoss(instance_weight=0, mlm_weight=0, matching="max", token_negatives=2, progress=_fixed(0))
+    loss = LightCLIPLoss(token_weight=1, instance_weight=0, mlm_weight=0, matching="max", token_negatives=2, progress=_fixed(0))
     value = loss(**data, logit_scale=torch.tensor(3.0, dtype=torch.float64), output_dict=True)["token_loss"]
     full = token_scores(data["image_tokens"], data["text_tokens"], data["text_mask"], mode="max")  # (images, texts)
     sim = data["image_features"] @ data["text_features"].T

@@ -32,7 +32,7 @@ def test_new_config_builds_trains_with_every_lightclip_term_and_reloads(name, tm
     model.add_train_heads(LightCLIPTrainCfg(token=True, mlm=True, fusion_layers=(2, 4, 6)))
     images = torch.randn(4, 3, 32, 32)  # a 1x1 last feature map: one patch token per image
     texts = open_clip.get_tokenizer(name)(["a red car", "two dogs", "a blue circle", "a tree"])
-    loss = LightCLIPLoss(progress=type("P", (), {"fraction": 0.5})())
+    loss = LightCLIPLoss(token_weight=1, progress=type("P", (), {"fraction": 0.5})())
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     terms = loss(**model(images, texts), output_dict=True)
     assert set(terms) == {"instance_loss", "token_loss", "mlm_loss"} and all(torch.isfinite(v) for v in terms.values())
