@@ -177,6 +177,14 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     rows = {(r["arm"], r["seed"]): r for r in json.loads((out / "results.json").read_text())["runs"]}
     assert rows["same", 1]["eval"] == rows["inst", 1]["eval"] and rows["same", 1]["settings"] == rows["inst", 1]["settings"]
 
+    # --report-only: the same runs against another baseline, plus an arm never trained, which is left out
+    base = [x if x != "clip" else "inst" for x in cmd[:cmd.index("--arms")]]  # --baseline inst
+    only = run_python([*base, "--report-only", "--report-dir", str(tmp_path / "r2"), "--arms", *arms[1:],
+                       "new=--loss lightclip --lightclip-mlm-weight 0.25"])
+    assert "$ " not in only.stdout and only.stdout.count("no recorded run with its settings") == 2
+    report2 = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert report2["baseline"] == "inst" and sorted({r["arm"] for r in report2["runs"]}) == ["all", "inst"]
+
 
 @pytest.mark.slow
 def test_demo_is_the_ablate_preset(mini_shards, tmp_path):

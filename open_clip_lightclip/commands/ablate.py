@@ -109,12 +109,13 @@ def parse_arms(items, registered):
     return arms
 
 
-def run_with_arms(args: argparse.Namespace, tag: str, arms, baseline, default_image_size: int) -> int:
+def run_with_arms(args: argparse.Namespace, tag: str, arms, baseline, default_image_size: int,
+                  report_only: bool = False) -> int:
     from ..studies.arms import StudyError
     from ..studies.study import run_study
 
     try:
-        return run_study(study_config(args, tag, default_image_size), arms, baseline)
+        return run_study(study_config(args, tag, default_image_size), arms, baseline, report_only=report_only)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -133,7 +134,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run_with_arms(args, "ablate", arms, baseline, default_image_size=128)
+    return run_with_arms(args, "ablate", arms, baseline, default_image_size=128, report_only=args.report_only)
 
 
 def register(sub) -> None:
@@ -143,6 +144,9 @@ def register(sub) -> None:
                    help="arms: NAME=TRAINER FLAGS, or a registered --loss name")
     p.add_argument("--arms-file", default=None, help="arms (and baseline) from a JSON or YAML file")
     p.add_argument("--baseline", default=None, help="the arm every other is compared with")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the runs already recorded with each arm's settings (e.g. the same "
+                        "study against another baseline, or a subset of its arms); missing runs are listed")
     add_study_args(p, out="ablate_out", seeds=(0, 1, 2),
                    image_size_help="image size in px: shards are resized once to it, training uses "
                                    "--force-image-size (default 128: a 4x4 last feature map, or the size of --data)")

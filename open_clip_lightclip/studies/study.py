@@ -227,8 +227,9 @@ def same_trainings(plan_settings: Dict[str, dict]) -> List[List[str]]:
     return [names for names in groups.values() if len(names) > 1]
 
 
-def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) -> int:
-    """Check everything, then train, evaluate and report every (seed, arm); 0 on success."""
+def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], report_only: bool = False) -> int:
+    """Check everything, then train, evaluate and report every (seed, arm); 0 on success. ``report_only``: train
+    nothing, report the runs recorded with each arm's settings."""
     start = time.time()
     out = Path(cfg.out)
     common = ["--train-data", "TRAIN.tar", "--model", cfg.model, "--batch-size", str(cfg.batch_size),
@@ -273,6 +274,9 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str]) ->
             source = f"{record.get('arm')}-seed{record.get('seed')}"
             log(f"{name}: reusing the evaluated run {source} recorded in results.json"
                 + (" (the same training)" if source != name else ""), cfg.tag)
+        elif report_only:
+            log(f"{name}: no recorded run with its settings: left out (--report-only)", cfg.tag)
+            continue
         else:
             if run_dir.exists():
                 log(f"{name}: moved the earlier run folder aside to {move_aside(run_dir)}", cfg.tag)
