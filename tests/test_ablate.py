@@ -237,6 +237,7 @@ def test_runs_are_reused_by_the_settings_the_trainer_resolves_not_by_how_the_fla
     default = settings("a")
     assert settings("b", "--lightclip-token-weight", str(default["lightclip_token_weight"])) == default  # name aside
     assert settings("a", "--lightclip-token-weight", "0.25") != default and "name" not in default
+    assert not any(k.startswith("cliplite_") for k in default)  # another objective's flags train nothing here
     # a flag the record predates is not compared; one it knows with another value (a changed default) is
     older = {k: v for k, v in default.items() if k != "lightclip_token_temperature"}
     assert same_settings(older, default) and not same_settings({**older, "lightclip_mlm_weight": 0.123}, default)
