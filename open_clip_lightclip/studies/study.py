@@ -269,8 +269,8 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
         if record is not None:
             log(f"{name}: reusing the finished run in {run_dir}", cfg.tag)
             record["reused"] = True
-        elif find_recorded(recorded, settings, name) is not None:
-            record = dict(find_recorded(recorded, settings, name), reused=True)
+        elif (found := find_recorded(recorded, settings, name)) is not None:
+            record = dict(found, reused=True)
             source = f"{record.get('arm')}-seed{record.get('seed')}"
             log(f"{name}: reusing the evaluated run {source} recorded in results.json"
                 + (" (the same training)" if source != name else ""), cfg.tag)
