@@ -51,7 +51,7 @@ def _run(cmd, env=None, check=True):
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [
     ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0", "--lightclip-token-weight", "1"],
-    ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0"],  # MLM alone
+    ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0", "--lightclip-mlm-weight", "0.5"],
     ["--loss", "cliplite", "--cliplite-prior-weight", "0.1"],
 ], ids=["token-alone", "mlm-alone", "cliplite-prior"])
 def test_torchrun_two_cpu_processes_train(shards, tmp_path, flags):

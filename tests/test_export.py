@@ -224,7 +224,8 @@ def test_onnx_export_matches_pytorch(tmp_path):
 def test_trainer_checkpoint_loads_exports_and_reloads_with_training_embeddings(train, tmp_path, capsys):
     loss = "lightclip" if "lightclip" in list_losses() else "clip"
     embed_out = tmp_path / "embeddings.pt"
-    _, ckpt_dir = train(model=MODEL, loss=loss, extra=["--force-image-size", "64"], runner=RUNNER,
+    heads = ["--lightclip-mlm-weight", "0.5"] if loss == "lightclip" else []  # MLM's heads: training-only modules
+    _, ckpt_dir = train(model=MODEL, loss=loss, extra=["--force-image-size", "64", *heads], runner=RUNNER,
                         env={"EMBED_OUT": str(embed_out)})
     checkpoint = ckpt_dir / "epoch_1.pt"
     if loss == "clip":  # no objective attaches training-only modules yet: add one as a trainer would

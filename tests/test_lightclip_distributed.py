@@ -33,8 +33,9 @@ def _terms(rank, world_size, data, options):
     part = {k: v[rank * per_rank:(rank + 1) * per_rank].clone() for k, v in data.items()}
     for k in GRAD_KEYS:
         part[k].requires_grad_(True)
-    loss = LightCLIPLoss(token_weight=1, rank=rank, world_size=world_size, gather_with_grad=True,
-                         progress=SimpleNamespace(fraction=0.5, step=1, total_steps=2), **options)
+    weights = {"token_weight": 1, "mlm_weight": 0.5, **options}  # every term unless the case turns one off
+    loss = LightCLIPLoss(rank=rank, world_size=world_size, gather_with_grad=True,
+                         progress=SimpleNamespace(fraction=0.5, step=1, total_steps=2), **weights)
     terms = loss(**part, logit_scale=torch.tensor(10.0), output_dict=True)
     sum(terms.values()).backward()
     return {k: v.detach() for k, v in terms.items()}, {k: part[k].grad for k in GRAD_KEYS}

@@ -20,7 +20,7 @@ def _error(capsys, *argv):
     (["--model", "LightCLIP-Tiny", "--lightclip-token-weight", "-1"], "--lightclip-token-weight must be >= 0"),
     (["--model", "LightCLIP-Tiny", "--lightclip-mask-prob", "1.5"], "--lightclip-mask-prob must be in (0, 1), got 1.5"),
     (["--model", "LightCLIP-Tiny", "--lightclip-mask-prob", "0"], "--lightclip-mask-prob must be in (0, 1), got 0.0"),
-    (["--model", "LightCLIP-Tiny", "--lightclip-fusion-layers", "2", "7"],
+    (["--model", "LightCLIP-Tiny", "--lightclip-mlm-weight", "0.5", "--lightclip-fusion-layers", "2", "7"],
      "--lightclip-fusion-layers [7] don't exist: LightCLIP-Tiny's text tower has layers 1..6"),
     (["--model", "LightCLIP-Tiny", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0",
       "--lightclip-mlm-weight", "0"], "all --lightclip-*-weight are 0"),
@@ -41,8 +41,8 @@ def test_bad_combinations_stop_before_training(capsys, argv, message):
 def test_defaults_parse():
     args = parse_args([*BASE, "--model", "LightCLIP-MNv3"])
     assert args.lightclip_matching == "sinkhorn" and args.lightclip_fusion_layers == [2, 4, 6]
-    # the token term is off by default (README "What each choice measured")
-    assert (args.lightclip_instance_weight, args.lightclip_token_weight, args.lightclip_mlm_weight) == (1.0, 0.0, 0.5)
+    # the token and MLM terms are off by default (README "What each choice measured")
+    assert (args.lightclip_instance_weight, args.lightclip_token_weight, args.lightclip_mlm_weight) == (1.0, 0.0, 0.0)
 
 
 def _schedule_lines(log):
@@ -52,7 +52,7 @@ def _schedule_lines(log):
 @pytest.mark.slow
 def test_train_with_accum_freq_then_resume_where_it_stopped(train):
     extra = ["--force-image-size", "64", "--accum-freq", "2", "--lightclip-soft-label-max", "0.3",
-             "--lightclip-token-weight", "1"]
+             "--lightclip-token-weight", "1", "--lightclip-mlm-weight", "0.5"]
     _, ckpt_dir = train(loss="lightclip", extra=extra, epochs=1, name="first")
     log = (ckpt_dir.parent / "out.log").read_text()
     for term in ("Instance_loss", "Token_loss", "Mlm_loss"):

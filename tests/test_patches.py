@@ -200,7 +200,8 @@ def test_the_diff_alone_trains_every_plugin_loss_and_loads_its_checkpoints(patch
     runner.write_text(RUNNER)
     env = {"PYTHONPATH": str(patched_src), "HF_HUB_OFFLINE": "1"}
     checkpoints = []
-    for name, loss, extra in (("lc", "lightclip", ["--lightclip-soft-label-max", "0.3", "--lightclip-token-weight", "1"]),
+    for name, loss, extra in (("lc", "lightclip", ["--lightclip-soft-label-max", "0.3", "--lightclip-token-weight", "1",
+                                                       "--lightclip-mlm-weight", "0.5"]),
                               ("cl", "cliplite", ["--cliplite-prior-weight", "0.1"])):
         proc, ckpt_dir = train(loss=loss, name=name, runner=runner, env=env,
                                extra=["--force-image-size", "64", "--epochs", "2", *extra])

@@ -41,7 +41,7 @@ def one_line_error(stderr: str) -> str:
     return lines[-1]
 
 
-TOKEN_ON = ["--lightclip-token-weight", "1"]  # off by default
+ALL_TERMS = ["--lightclip-token-weight", "1", "--lightclip-mlm-weight", "0.5"]  # both off by default
 
 
 def trainer(shards, logs, name, loss="lightclip", extra=(), check=False):
@@ -56,7 +56,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     write_synthetic_shards(root / "shards", num_samples=32, image_size=64, samples_per_shard=16)
     shards = str(root / "shards" / "train-{00000..00001}.tar")
-    trainer(shards, root / "logs", "base", extra=TOKEN_ON, check=True)
+    trainer(shards, root / "logs", "base", extra=ALL_TERMS, check=True)
     return shards, root / "logs" / "base" / "checkpoints" / "epoch_1.pt"
 
 
@@ -78,7 +78,7 @@ def test_resume_from_a_truncated_checkpoint_stops_in_one_line(trained, tmp_path)
 def test_resume_with_other_flags_stops_in_one_line_naming_the_fix(trained, tmp_path):
     shards, ckpt = trained
     before = snapshot(ckpt)
-    proc = trainer(shards, tmp_path / "logs", "r", extra=["--resume", str(ckpt), "--lightclip-token-dim", "32", *TOKEN_ON])
+    proc = trainer(shards, tmp_path / "logs", "r", extra=["--resume", str(ckpt), "--lightclip-token-dim", "32", *ALL_TERMS])
     assert proc.returncode != 0
     line = one_line_error(proc.stderr)
     assert line.startswith(f"error: --resume {ckpt}: the checkpoint does not fit this run's model (4 shape mismatches "
@@ -100,7 +100,7 @@ def test_finetune_with_other_training_head_shapes_keeps_their_init(trained, tmp_
     """Training-only heads are optional both ways: --pretrained with another --lightclip-token-dim trains."""
     shards, ckpt = trained
     before = snapshot(ckpt)
-    proc = trainer(shards, tmp_path / "logs", "ft", extra=["--pretrained", str(ckpt), "--lightclip-token-dim", "32", *TOKEN_ON],
+    proc = trainer(shards, tmp_path / "logs", "ft", extra=["--pretrained", str(ckpt), "--lightclip-token-dim", "32", *ALL_TERMS],
                    check=True)
     log = (tmp_path / "logs" / "ft" / "out.log").read_text()
     assert "4 tensor(s) of training-only modules have other shapes in the file than in the model" in log + proc.stderr
@@ -198,7 +198,7 @@ def test_empty_and_overlong_captions_give_finite_lightclip_terms():
     class Start:
         fraction = 1.0
 
-    loss = LightCLIPLoss(token_weight=1, soft_label_max=0.2, progress=Start())
+    loss = LightCLIPLoss(token_weight=1, mlm_weight=0.5, soft_label_max=0.2, progress=Start())
     for captions in (["", ""], ["", "a red circle"], [" ".join(["word"] * 500), "x"]):
         model.zero_grad()
         terms = loss(**model(torch.randn(2, 3, 64, 64), tokenizer(captions)), output_dict=True)
@@ -296,9 +296,9 @@ def test_a_crash_while_saving_epoch_n_keeps_the_previous_file_whole(tmp_path):
 
 
 @pytest.mark.parametrize("weights, frozen", [
-    ({"instance": "0", "token": "1"}, ["text.text_projection", "visual.proj.weight", "visual.trunk.conv_head.bias",
+    ({"instance": "0", "token": "1", "mlm": "0.5"}, ["text.text_projection", "visual.proj.weight", "visual.trunk.conv_head.bias",
                          "visual.trunk.conv_head.weight"]),
-    ({"instance": "0", "token": "0"}, ["logit_scale", "text.text_projection", "visual.proj.weight",
+    ({"instance": "0", "token": "0", "mlm": "0.5"}, ["logit_scale", "text.text_projection", "visual.proj.weight",
                                        "visual.trunk.conv_head.bias", "visual.trunk.conv_head.weight"]),
     ({}, []),
 ])

@@ -63,7 +63,7 @@ def test_lightclip_step_identical_with_and_without_trimming(attention):
     images = torch.randn(3, 3, 64, 64)
     text = open_clip.get_tokenizer("LightCLIP-Tiny")(CAPTIONS)
     mlm_mask = mask_tokens(text, text_word_mask(text), 0.3, generator=torch.Generator().manual_seed(0))
-    loss = LightCLIPLoss(token_weight=1, progress=type("P", (), {"fraction": 0.5})())
+    loss = LightCLIPLoss(token_weight=1, mlm_weight=0.5, progress=type("P", (), {"fraction": 0.5})())
     results = []
     for trim in (False, True):
         model.trim_text = trim

@@ -32,7 +32,7 @@ def test_new_config_builds_trains_with_every_lightclip_term_and_reloads(name, tm
     model.add_train_heads(LightCLIPTrainCfg(token=True, mlm=True, fusion_layers=(2, 4, 6)))
     images = torch.randn(4, 3, 32, 32)  # a 1x1 last feature map: one patch token per image
     texts = open_clip.get_tokenizer(name)(["a red car", "two dogs", "a blue circle", "a tree"])
-    loss = LightCLIPLoss(token_weight=1, progress=type("P", (), {"fraction": 0.5})())
+    loss = LightCLIPLoss(token_weight=1, mlm_weight=0.5, progress=type("P", (), {"fraction": 0.5})())
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     terms = loss(**model(images, texts), output_dict=True)
     assert set(terms) == {"instance_loss", "token_loss", "mlm_loss"} and all(torch.isfinite(v) for v in terms.values())
@@ -98,7 +98,7 @@ def test_export_fuses_a_reparameterisable_tower_and_reloads_it_fused(name, tmp_p
 @pytest.mark.slow
 def test_timm_backbone_by_name_through_the_trainer_export_and_back(train, tmp_path):
     name = "LightCLIP-Tiny+ghostnetv3_100"
-    _, ckpt_dir = train(model=name, loss="lightclip", extra=["--force-image-size", "64"])
+    _, ckpt_dir = train(model=name, loss="lightclip", extra=["--force-image-size", "64", "--lightclip-mlm-weight", "0.5"])
     checkpoint = ckpt_dir / "epoch_1.pt"
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(checkpoint), force_image_size=64)
     out = tmp_path / "exported"
