@@ -138,11 +138,13 @@ def _losses(run_dir):
 def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     out = tmp_path / "study"
     arms = ["clip", "inst=--loss lightclip --lightclip-token-weight 0 --lightclip-mlm-weight 0 "
-                    "--lightclip-soft-label-max 0", "all=--loss lightclip"]
+                    "--lightclip-soft-label-max 0", "all=--loss lightclip --lightclip-mlm-weight 0.5"]
     cmd = ["-m", "open_clip_lightclip.cli", "ablate", "--data", str(mini_shards), "--out", str(out), "--baseline",
            "clip", "--seeds", "0", "1", "--fashion-mnist-samples", "0", *BUDGET, "--arms", *arms]
-    proc = run_python(cmd)
-    assert re.search(r"run 6/6 all-seed1: elapsed [\d.]+ min, study eta \d+ min", proc.stdout)
+    proc = run_python([*cmd, "--parallel", "2"])
+    assert re.search(r"run 6/6 all-seed1 \(6/6 to train\): elapsed [\d.]+ min, study eta \d+ min", proc.stdout)
+    # two at a time: the second run starts before the first one's result is logged
+    assert proc.stdout.index("run 2/6 inst-seed0 (2/6 to train)") < proc.stdout.index("clip-seed0: i→t")
     logs = out / "logs"
     # paired: one seed gives every arm the same initial towers and the same batches, so the instance term alone
     # with e_max 0 (= CLIP's loss) reproduces the clip arm step by step; another seed does not
@@ -154,6 +156,7 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert sorted((r["arm"], r["seed"]) for r in results["runs"]) == sorted(
         (a, s) for a in ("clip", "inst", "all") for s in (0, 1))
+    assert all(f"{r['arm']}-seed{r['seed']}" in r["cmd"] and r["train_cpu_seconds"] > 0 for r in results["runs"])
     paired = results["summary"]["paired"]
     d = paired["all"]["mean_recall"]
     assert d["n"] == 2 and d["low"] <= d["mean"] <= d["high"] and d["verdict"]

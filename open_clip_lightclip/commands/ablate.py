@@ -70,7 +70,11 @@ def add_study_args(p: argparse.ArgumentParser, out: str, seeds, image_size_help:
                    help="Fashion-MNIST test images for the zero-shot check (10000 = all; 0 = skip)")
     p.add_argument("--fashion-mnist-dir", default="/usr/share/datasets/fashion-mnist",
                    help="folder of Fashion-MNIST's IDX files (the Debian package's)")
-    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the trainer (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="OMP_NUM_THREADS of each trainer (0: torch's default, or cores / --parallel)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="runs trained at once (1). Small models keep few cores busy: on 2 CPU cores two "
+                        "1-thread runs at once trained 1.6x the samples per second of one 2-thread run")
     p.add_argument("--build-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes resizing images while building the shards")
     p.add_argument("--log-every", type=int, default=5, help="trainer log interval in steps (training curves)")
@@ -88,7 +92,7 @@ def study_config(args: argparse.Namespace, tag: str, default_image_size: int):
         steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, lr=args.lr, warmup=args.warmup, seeds=args.seeds,
         data=args.data, max_images=args.max_images, heldout_fraction=args.heldout_fraction,
         fashion_mnist_samples=args.fashion_mnist_samples, fashion_mnist_dir=args.fashion_mnist_dir,
-        threads=args.threads, build_workers=args.build_workers, log_every=args.log_every,
+        threads=args.threads, parallel=args.parallel, build_workers=args.build_workers, log_every=args.log_every,
         trainer_args=args.trainer_args, no_apt=args.no_apt, tag=tag, command_line=_command_line(args, tag),
         default_image_size=default_image_size)
 

@@ -56,6 +56,16 @@ def move_aside(run_dir: Path) -> Path:
     return aside
 
 
+def _wait(proc: subprocess.Popen):
+    """Exit code and CPU seconds of this child alone (other runs of a ``--parallel`` study run beside it)."""
+    if hasattr(os, "wait4"):
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, usage.ru_utime + usage.ru_stime
+    before = cpu_seconds()
+    return proc.wait(), cpu_seconds() - before  # no wait4: the children's total (serial studies only)
+
+
 def train(cmd: List[str], settings: dict, run_dir: Path, checkpoint: Path, total_steps: int, steps_per_epoch: int,
           batch_size: int, threads: int = 0, report: Callable[[str], None] = log) -> Optional[dict]:
     """Run the trainer command, report progress about every 10%; the run's record (with the trainer ``settings``
@@ -64,7 +74,7 @@ def train(cmd: List[str], settings: dict, run_dir: Path, checkpoint: Path, total
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     name = run_dir.name
-    start, cpu_start = time.time(), cpu_seconds()
+    start = time.time()
     tail: List[str] = []
     next_report = 0.0
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
@@ -80,13 +90,13 @@ def train(cmd: List[str], settings: dict, run_dir: Path, checkpoint: Path, total
                 report(f"{name}: step {step}/{total_steps}  loss {float(m.group(5)):.4f}  "
                        f"{float(m.group(4)):.2f} s/step  elapsed {elapsed:.0f} s  eta {eta:.0f} s")
                 next_report = frac + 0.1
-    rc = proc.wait()
+    rc, cpu = _wait(proc)
     seconds = time.time() - start
     if rc != 0 or not checkpoint.is_file():
         print(f"error: training {name} failed (exit {rc}); last lines:\n" + "\n".join(tail[-15:]), file=sys.stderr)
         return None
     record = {"cmd": cmd, "command": shlex.join(cmd), "settings": settings, "train_seconds": seconds,
-              "train_cpu_seconds": cpu_seconds() - cpu_start, "checkpoint": str(checkpoint), "run_dir": str(run_dir)}
+              "train_cpu_seconds": cpu, "checkpoint": str(checkpoint), "run_dir": str(run_dir)}
     (run_dir / RECORD).write_text(json.dumps(record, indent=1))
     return record
 

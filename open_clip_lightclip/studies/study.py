@@ -12,7 +12,9 @@ import platform
 import shlex
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -46,6 +48,7 @@ class StudyConfig:
     fashion_mnist_samples: int = 10000
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
     threads: int = 0
+    parallel: int = 1  # runs trained at once
     build_workers: int = 2
     log_every: int = 5
     trainer_args: str = ""
@@ -227,10 +230,30 @@ def same_trainings(plan_settings: Dict[str, dict]) -> List[List[str]]:
     return [names for names in groups.values() if len(names) > 1]
 
 
+def _finish(record: dict, job: tuple, cfg: StudyConfig, data: dict) -> dict:
+    """A run's record with its arm, seed, held-out metrics (evaluated once) and training curves; logged."""
+    seed, arm, name, run_dir, ckpt = job[:5]
+    record.update(arm=arm.name, seed=seed)
+    if "eval" not in record:
+        record["eval"] = evaluate_checkpoint(cfg.model, str(ckpt), cfg.image_size, data)
+        (run_dir / "study_run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "reused"},
+                                                           indent=1))
+    e = record["eval"]
+    log(f"{name}: i→t R@1/5/10 {e['i2t_R@1']:.3f}/{e['i2t_R@5']:.3f}/{e['i2t_R@10']:.3f}  t→i "
+        f"{e['t2i_R@1']:.3f}/{e['t2i_R@5']:.3f}/{e['t2i_R@10']:.3f}  clip-art zero-shot "
+        f"{e.get('clipart_zeroshot', float('nan')):.3f}  Fashion-MNIST {e.get('fashion_mnist_zeroshot', float('nan')):.3f}",
+        cfg.tag)
+    if "curves" not in record:
+        record["curves"] = read_curves(Path(record.get("run_dir", run_dir)), cfg.steps_per_epoch, cfg.batch_size)
+    return record
+
+
 def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], report_only: bool = False) -> int:
     """Check everything, then train, evaluate and report every (seed, arm); 0 on success. ``report_only``: train
     nothing, report the runs recorded with each arm's settings."""
     start = time.time()
+    if cfg.parallel < 1:
+        raise StudyError(f"--parallel {cfg.parallel}: give the number of runs to train at once, 1 or more")
     out = Path(cfg.out)
     common = ["--train-data", "TRAIN.tar", "--model", cfg.model, "--batch-size", str(cfg.batch_size),
               *cfg.common_flags({"heldout_data": "HELDOUT.tar"}, cfg.image_size or cfg.default_image_size)]
@@ -253,56 +276,84 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
     for names in same_trainings(first_seed):
         log(f"arms {', '.join(names)} train the same (their flags resolve to the same trainer settings): each "
             "seed is trained once and reported under every name", cfg.tag)
-    runs: List[dict] = []
-    fresh_seconds: List[float] = []
-    for i, (seed, arm) in enumerate(plan, 1):
+    done: Dict[int, dict] = {}  # plan index -> evaluated record
+    to_train: Dict[str, List[int]] = {}  # settings -> plan indices: the first trains, the others report it
+    jobs = []
+    for i, (seed, arm) in enumerate(plan):
         name = f"{arm.name}-seed{seed}"
         run_dir = logs / name
         ckpt = run_dir / "checkpoints" / f"epoch_{cfg.epochs}.pt"
         cmd = command(arm, seed)
-        settings = trainer_settings(cmd[3:])
-        elapsed = time.time() - start
-        left = len(plan) - i + 1
-        eta = f", study eta {sum(fresh_seconds) / len(fresh_seconds) * left / 60:.0f} min" if fresh_seconds else ""
-        log(f"run {i}/{len(plan)} {name}: elapsed {elapsed / 60:.1f} min{eta}", cfg.tag)
+        jobs.append((seed, arm, name, run_dir, ckpt, cmd, trainer_settings(cmd[3:])))
+        settings = jobs[i][-1]
         record = finished_run(run_dir, settings, ckpt)
         if record is not None:
-            log(f"{name}: reusing the finished run in {run_dir}", cfg.tag)
+            log(f"run {i + 1}/{len(plan)} {name}: reusing the finished run in {run_dir}", cfg.tag)
             record["reused"] = True
         elif (found := find_recorded(recorded, settings, name)) is not None:
             record = dict(found, reused=True)
             source = f"{record.get('arm')}-seed{record.get('seed')}"
-            log(f"{name}: reusing the evaluated run {source} recorded in results.json"
+            log(f"run {i + 1}/{len(plan)} {name}: reusing the evaluated run {source} recorded in results.json"
                 + (" (the same training)" if source != name else ""), cfg.tag)
         elif report_only:
-            log(f"{name}: no recorded run with its settings: left out (--report-only)", cfg.tag)
+            log(f"run {i + 1}/{len(plan)} {name}: no recorded run with its settings: left out (--report-only)", cfg.tag)
             continue
         else:
+            to_train.setdefault(json.dumps(settings, sort_keys=True), []).append(i)
+            continue
+        done[i] = _finish(record, jobs[i], cfg, data)
+
+    def runs() -> List[dict]:
+        return [done[i] for i in sorted(done)]
+
+    if done:
+        _write_results(cfg, info, arm_map, baseline, runs(), data, start)
+    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.parallel) if cfg.parallel > 1 else 0)
+    fresh_seconds: List[float] = []
+    lock = threading.Lock()  # one evaluation at a time (it runs in this process); the progress counters
+    started = [0]
+
+    def run_one(indices: List[int]) -> Optional[dict]:
+        seed, arm, name, run_dir, ckpt, cmd, settings = jobs[indices[0]]
+        with lock:
+            started[0] += 1
+            left = len(to_train) - started[0] + 1
+            eta = f", study eta {sum(fresh_seconds) / len(fresh_seconds) * left / cfg.parallel / 60:.0f} min" \
+                if fresh_seconds else ""
+            log(f"run {indices[0] + 1}/{len(plan)} {name} ({started[0]}/{len(to_train)} to train): elapsed "
+                f"{(time.time() - start) / 60:.1f} min{eta}", cfg.tag)
             if run_dir.exists():
                 log(f"{name}: moved the earlier run folder aside to {move_aside(run_dir)}", cfg.tag)
             log(f"  $ {shlex.join(cmd)}", cfg.tag)
-            t0 = time.time()
-            record = train(cmd, settings, run_dir, ckpt, total_steps, cfg.steps_per_epoch, cfg.batch_size, cfg.threads,
-                           report=lambda msg: log(msg, cfg.tag))
-            if record is None:
-                return 1
+        t0 = time.time()
+        record = train(cmd, settings, run_dir, ckpt, total_steps, cfg.steps_per_epoch, cfg.batch_size, threads,
+                       report=lambda msg: log(msg, cfg.tag))
+        if record is None:
+            return None
+        with lock:
             fresh_seconds.append(time.time() - t0)
-        record.update(arm=arm.name, seed=seed)
-        if "eval" not in record:
-            record["eval"] = evaluate_checkpoint(cfg.model, str(ckpt), cfg.image_size, data)
-            (run_dir / "study_run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "reused"},
-                                                               indent=1))
-        e = record["eval"]
-        log(f"{name}: i→t R@1/5/10 {e['i2t_R@1']:.3f}/{e['i2t_R@5']:.3f}/{e['i2t_R@10']:.3f}  t→i "
-            f"{e['t2i_R@1']:.3f}/{e['t2i_R@5']:.3f}/{e['t2i_R@10']:.3f}  clip-art zero-shot "
-            f"{e.get('clipart_zeroshot', float('nan')):.3f}  Fashion-MNIST {e.get('fashion_mnist_zeroshot', float('nan')):.3f}",
-            cfg.tag)
-        if "curves" not in record:
-            record["curves"] = read_curves(Path(record.get("run_dir", run_dir)), cfg.steps_per_epoch, cfg.batch_size)
-        recorded.append({k: v for k, v in record.items() if k != "reused"})  # an arm of the same training reuses it
-        runs.append(record)
-        _write_results(cfg, info, arm_map, baseline, runs, data, start)
-    text = _write_results(cfg, info, arm_map, baseline, runs, data, start)
+            return _finish(record, jobs[indices[0]], cfg, data)
+
+    failed = False
+    with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
+        futures = {pool.submit(run_one, indices): indices for indices in to_train.values()}
+        for future in as_completed(futures):
+            record = future.result()
+            if record is None:
+                failed = True
+                for f in futures:
+                    f.cancel()  # runs not started yet; those running finish
+                continue
+            first, *same = futures[future]
+            done[first] = record
+            for i in same:  # an arm whose flags resolve to this training: reported under its own name
+                seed, arm, name = jobs[i][:3]
+                log(f"{name}: reusing the evaluated run {record['arm']}-seed{record['seed']} (the same training)", cfg.tag)
+                done[i] = dict(record, reused=True, arm=arm.name, seed=seed)
+            _write_results(cfg, info, arm_map, baseline, runs(), data, start)
+    if failed:
+        return 1
+    text = _write_results(cfg, info, arm_map, baseline, runs(), data, start)
     print()
     print(text)
     log(f"wrote {cfg.reports / 'results.md'}, {cfg.reports / 'results.json'}, {cfg.reports / 'results.png'} in "
