@@ -143,6 +143,26 @@ CHILD = textwrap.dedent(r'''
     assert args.loss == "toy2" and args.toy_weight == 0.5
     assert parse_args(["--loss", "siglip"]).siglip is True
     assert parse_args([]).loss is None
+
+    # train hooks (every --loss): their flags and checks in the parser, the loss wrapped, a data stage
+    def check_hook(args):
+        if args.toy_hook < 0:
+            raise ValueError("--toy-hook must be >= 0")
+    wrapped = []
+    open_clip.register_train_hook("toy hook", add_args=lambda g: g.add_argument("--toy-hook", type=int, default=0),
+                                  check_args=check_hook, wrap_loss=lambda loss, a: wrapped.append(a.toy_hook) or loss,
+                                  sample_stage=lambda a: "STAGE" if a.toy_hook else None)
+    assert [h.name for h in open_clip.list_train_hooks()] == ["toy hook"]
+    args = parse_args(["--loss", "toy2", "--toy-hook", "3"])
+    assert isinstance(open_clip.create_loss(args), torch.nn.Identity) and wrapped == [3]
+    from open_clip_train.data import _sample_stage
+    assert _sample_stage(args) == "STAGE" and _sample_stage(parse_args(["--loss", "toy2"])) != "STAGE"
+    try:
+        parse_args(["--toy-hook", "-1"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("a hook's check_args error must stop the parser")
     print("HOOKS OK")
 ''')
 
@@ -215,3 +235,44 @@ def test_the_diff_alone_trains_every_plugin_loss_and_loads_its_checkpoints(patch
     assert "Cliplite_prior" in (tmp_path / "logs" / "cl" / "out.log").read_text()
     proc = _run(patched_src, ["-c", LOAD, *checkpoints], cwd=tmp_path, plugin=True)
     assert "LOADED 2" in proc.stdout
+
+
+@pytest.mark.slow
+def test_distillation_trains_through_the_diffs_train_hook(patched_src, train, tiny_shards, tmp_path):
+    """Distillation works with every --loss on the diff's route too: the plugin registers it as a train hook
+    (flags, checks, teachers on the trainer's model, the loss wrapped, the cached-embedding data stage), and the
+    real trainer distils online and from `cache-teacher` shards with no runtime patch in the process."""
+    import open_clip
+    import torch
+
+    from conftest import run_python
+    from open_clip_lightclip.cli import main as cli_main
+    from open_clip_lightclip.upstream.trainer_cmd import trainer_command
+
+    teacher = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    torch.save({"epoch": 1, "state_dict": open_clip.create_model("LightCLIP-Tiny").state_dict()}, teacher)
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    env = {"PYTHONPATH": str(patched_src), "HF_HUB_OFFLINE": "1"}
+    spec = f"LightCLIP-Tiny={teacher}"
+    proc, _ = train(loss="cliplite", name="online", runner=runner, env=env,
+                    extra=["--force-image-size", "64", "--distill-teacher", spec, "--distill-feature-weight", "1"])
+    log = (tmp_path / "logs" / "online" / "out.log").read_text()
+    assert "NO RUNTIME PATCHES" in proc.stdout and f"distilling from {spec} (online;" in proc.stdout + proc.stderr + log
+    assert "Distill_affinity_loss" in log and "Distill_feature_loss" in log and "Cliplite_jsd" in log
+
+    cache = tmp_path / "cached"
+    assert cli_main(["cache-teacher", tiny_shards, "--out", str(cache), "--teacher", spec, "--batch-size", "16"]) == 0
+    cmd = trainer_command(str(cache / "train-{00000..00001}.tar"), str(tmp_path / "logs"), "cached", model="LightCLIP-Tiny",
+                          loss="clip", batch_size=8, epochs=1, warmup=1,
+                          extra=["--workers", "0", "--force-image-size", "64", "--distill-cache"])
+    cmd[1:3] = [str(runner)]
+    proc = run_python(cmd[1:], **env)
+    log = (tmp_path / "logs" / "cached" / "out.log").read_text()
+    assert "NO RUNTIME PATCHES" in proc.stdout and "(cached embeddings;" in proc.stdout + proc.stderr + log
+    assert "Distill_affinity_loss" in log and "Contrastive_loss" in log
+
+    bad = run_python(["-m", "open_clip_train.main", "--train-data", tiny_shards, "--model", "LightCLIP-Tiny",
+                      "--distill-teacher", spec], check=False, **env)  # no --loss: the hook's check stops it
+    assert bad.returncode == 2 and "work with the plugin's objectives: add --loss" in bad.stderr

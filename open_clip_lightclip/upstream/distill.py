@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["distillation_requested", "translate_upstream_flags", "configure_distillation", "wrap_loss",
-           "cache_info_for"]
+__all__ = ["distillation_requested", "translate_upstream_flags", "check_distillation", "configure_distillation",
+           "configure_model", "wrap_loss", "sample_stage", "cache_info_for", "register_train_hook"]
 
 
 def distillation_requested(args) -> bool:
@@ -30,6 +30,27 @@ def translate_upstream_flags(args: argparse.Namespace) -> None:
         return
     args.distill_teacher = [f"{args.distill_model}={args.distill_pretrained}", *(args.distill_teacher or [])]
     args.distill_model = args.distill_pretrained = None  # upstream's distillation path stays off
+
+
+def check_distillation(args: argparse.Namespace) -> None:
+    """One-line ``ValueError`` for distillation flags that cannot work (right after parsing; upstream's
+    ``--distill-model`` / ``--distill-pretrained`` with ``--loss`` become the first teacher first)."""
+    if args.loss is None:
+        if distillation_requested(args):
+            raise ValueError("--distill-teacher / --distill-cache work with the plugin's objectives: add --loss "
+                             "(e.g. --loss clip)")
+        return
+    translate_upstream_flags(args)
+    from ..losses.distill import check_distill_args
+    from ..models.teachers import check_teacher_spec
+
+    check_distill_args(args)
+    for spec in args.distill_teacher or []:
+        error = check_teacher_spec(spec)
+        if error:
+            raise ValueError(error)
+    if args.distill_cache and args.dataset_type not in ("webdataset", "auto"):
+        raise ValueError(f"--distill-cache reads webdataset shards; got --dataset-type {args.dataset_type}")
 
 
 def cache_info_for(train_data: Optional[str]) -> dict:
@@ -80,6 +101,12 @@ def configure_distillation(model, args) -> None:
                  f"feature weight {args.distill_feature_weight})")
 
 
+def configure_model(model, args) -> None:
+    """The trainer's model, once built: teachers attached when distillation is asked for."""
+    if distillation_requested(args):
+        configure_distillation(model, args)
+
+
 def wrap_loss(loss, args):
     """The ``--loss`` module, plus the distillation terms when the trainer's model has teachers."""
     scales = getattr(args, "distill_teacher_scales", None)
@@ -91,3 +118,25 @@ def wrap_loss(loss, args):
                             feature_weight=args.distill_feature_weight,
                             feature_distance=args.distill_feature_distance, local_loss=args.local_loss,
                             gather_with_grad=args.gather_with_grad, rank=args.rank, world_size=args.world_size)
+
+
+def sample_stage(args):
+    """With ``--distill-cache``: the webdataset stage that replaces the trainer's ``to_tuple("image", "text")``,
+    packing each sample's cached teacher embeddings into its text field; else None."""
+    if not getattr(args, "distill_cache", False):
+        return None
+    import webdataset as wds
+
+    from ..data.teacher_cache import pack_sample
+
+    return wds.map(pack_sample)
+
+
+def register_train_hook(open_clip) -> None:
+    """Distillation through the train-hook API of an OpenCLIP carrying ``patches/`` (the same functions the
+    runtime seam calls)."""
+    from ..losses.distill import add_distill_args
+
+    open_clip.register_train_hook("distillation (every --loss)", add_args=add_distill_args,
+                                  check_args=check_distillation, configure_model=configure_model,
+                                  wrap_loss=wrap_loss, sample_stage=sample_stage)

@@ -101,10 +101,9 @@ def _configure_trainer_model(model) -> None:
     entry = get_loss_entry(args.loss)
     if entry.configure_model is not None:
         entry.configure_model(model, args)
-    from .distill import configure_distillation, distillation_requested
+    from .distill import configure_model
 
-    if distillation_requested(args):
-        configure_distillation(model, args)
+    configure_model(model, args)
 
 
 def _make_create_loss(upstream_create_loss):
@@ -159,7 +158,7 @@ def upstream_has_hooks(open_clip: types.ModuleType) -> bool:
     it registers the plugin itself (entry point, :mod:`.registration`) and nothing here patches it."""
     factory = getattr(open_clip, "factory", None)
     return all(hasattr(factory, name) for name in ("register_loss", "register_model_class",
-                                                    "register_training_only_module"))
+                                                    "register_training_only_module", "register_train_hook"))
 
 
 def _upstream_has_hooks() -> bool:
@@ -377,10 +376,12 @@ def install_data(data: types.ModuleType) -> None:
     def to_tuple(*keys, **kwargs):
         """The trainer's ``to_tuple("image", "text")``; with ``--distill-cache`` the text field also carries the
         sample's cached teacher embeddings (packed, see ``data.teacher_cache``)."""
-        if keys == ("image", "text") and getattr(_TRAINER_ARGS, "distill_cache", False):
-            from ..data.teacher_cache import pack_sample
+        if keys == ("image", "text") and _TRAINER_ARGS is not None:
+            from .distill import sample_stage
 
-            return data.wds.map(pack_sample)
+            stage = sample_stage(_TRAINER_ARGS)
+            if stage is not None:
+                return stage
         return upstream_to_tuple(*keys, **kwargs)
 
     proxy = types.ModuleType(data.wds.__name__)  # data.py's `wds`, with the seeded shuffle

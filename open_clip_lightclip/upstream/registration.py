@@ -2,10 +2,11 @@
 
 Such an OpenCLIP runs the ``open_clip.plugins`` entry points of installed packages when it is
 imported; this package's entry point is :func:`register`. It adds the model configs, the model
-classes, the training-only module names and the ``--loss`` objectives through the functions the
-diff adds (``add_model_config``, ``register_model_class``, ``register_training_only_module``,
-``register_loss``), and makes the objectives read upstream's training progress. Nothing of
-OpenCLIP is patched on that route: :mod:`.hooks` leaves an OpenCLIP with the hooks alone.
+classes, the training-only module names, the ``--loss`` objectives and distillation (a train hook for
+every ``--loss``) through the functions the diff adds (``add_model_config``, ``register_model_class``,
+``register_training_only_module``, ``register_loss``, ``register_train_hook``), and makes the objectives
+read upstream's training progress. Nothing of OpenCLIP is patched on that route: :mod:`.hooks` leaves an
+OpenCLIP with the hooks alone.
 """
 import os
 
@@ -36,6 +37,9 @@ def register() -> None:
             entry = get_loss_entry(name)
             open_clip.register_loss(name, entry.factory, add_args=entry.add_args, check_args=entry.check_args,
                                     configure_model=entry.configure_model)
+    from .distill import register_train_hook
+
+    register_train_hook(open_clip)  # distillation with every --loss
     try:
         from open_clip_train import scheduler
     except ImportError:  # inference-only install: no trainer, no progress to follow

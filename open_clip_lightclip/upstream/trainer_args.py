@@ -50,27 +50,14 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     error = _check_model_name(args.model)
     if error:
         parser.error(error)
-    from .distill import distillation_requested, translate_upstream_flags
-
-    if args.loss is None:
-        if distillation_requested(args):
-            parser.error("--distill-teacher / --distill-cache work with the plugin's objectives: add --loss "
-                         "(e.g. --loss clip)")
-        return
-    translate_upstream_flags(args)
-    from ..losses.distill import check_distill_args
-    from ..models.teachers import check_teacher_spec
+    from .distill import check_distillation
 
     try:
-        check_distill_args(args)
+        check_distillation(args)
     except ValueError as e:
         parser.error(str(e))
-    for spec in args.distill_teacher or []:
-        error = check_teacher_spec(spec)
-        if error:
-            parser.error(error)
-    if args.distill_cache and args.dataset_type not in ("webdataset", "auto"):
-        parser.error(f"--distill-cache reads webdataset shards; got --dataset-type {args.dataset_type}")
+    if args.loss is None:
+        return
     if args.siglip and args.loss != "siglip":
         parser.error(f"--siglip conflicts with --loss {args.loss}; drop --siglip (or use --loss siglip)")
     if args.loss == "siglip":
