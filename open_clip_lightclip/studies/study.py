@@ -338,11 +338,14 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
     with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
         futures = {pool.submit(run_one, indices): indices for indices in to_train.values()}
         for future in as_completed(futures):
-            record = future.result()
+            try:
+                record = future.result()
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # runs not started yet; those running finish
+                raise
             if record is None:
                 failed = True
-                for f in futures:
-                    f.cancel()  # runs not started yet; those running finish
+                pool.shutdown(wait=False, cancel_futures=True)
                 continue
             first, *same = futures[future]
             done[first] = record
