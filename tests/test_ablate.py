@@ -286,3 +286,40 @@ def test_an_arm_may_train_on_cached_teacher_shards_of_the_studys_own_data(tmp_pa
     check_cached_shards(arm, f"{tmp_path}/train-{{0..1}}.tar")  # the study's own shards: paired
     with pytest.raises(StudyError, match="caches other shards than the study's"):
         check_cached_shards(arm, f"{tmp_path}/train-{{0..2}}.tar")
+
+
+def test_a_failed_run_stops_the_runs_not_started_and_keeps_the_finished(mini_shards, tmp_path, monkeypatch, capsys):
+    """--parallel 2 with a run that fails: the run beside it finishes and is reported, the queued one never
+    starts, and the study exits 1 (training and evaluation stubbed: the orchestration is under test)."""
+    import threading
+    import time as _time
+
+    from open_clip_lightclip.commands.ablate import parse_arms
+    from open_clip_lightclip.studies import study
+
+    started, both, failed = [], threading.Barrier(2, timeout=10), threading.Event()
+
+    def fake_train(cmd, settings, run_dir, ckpt, *args, **kwargs):
+        name = run_dir.name
+        started.append(name)
+        run_dir.mkdir(parents=True)
+        both.wait()  # the two slots are busy
+        if name.startswith("bad"):
+            failed.set()
+            return None
+        failed.wait(10)
+        _time.sleep(0.2)
+        return {"cmd": cmd, "settings": settings, "train_seconds": 1.0, "run_dir": str(run_dir), "checkpoint": str(ckpt)}
+
+    metrics = {f"{d}_R@{k}": 0.5 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    monkeypatch.setattr(study, "train", fake_train)
+    monkeypatch.setattr(study, "evaluate_checkpoint", lambda *a: dict(metrics))
+    cfg = study.StudyConfig(out=str(tmp_path / "s"), data=str(mini_shards), seeds=[0], parallel=2,
+                            fashion_mnist_samples=0, steps_per_epoch=2, epochs=1, batch_size=8, no_apt=True)
+    arms = parse_arms(["clip", "bad=--loss lightclip", "later=--loss siglip"], ["clip", "lightclip", "siglip"])
+    assert study.run_study(cfg, arms, "clip") == 1
+    assert sorted(started) == ["bad-seed0", "clip-seed0"]  # `later` never started
+    runs = json.loads((tmp_path / "s" / "results.json").read_text())["runs"]
+    assert [(r["arm"], r["eval"]["i2t_R@1"]) for r in runs] == [("clip", 0.5)]
+    with pytest.raises(StudyError, match="--parallel 0: give the number of runs to train at once"):
+        study.run_study(study.StudyConfig(out=str(tmp_path / "t"), parallel=0), arms, "clip")

@@ -312,10 +312,13 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
     fresh_seconds: List[float] = []
     lock = threading.Lock()  # one evaluation at a time (it runs in this process); the progress counters
     started = [0]
+    stop = threading.Event()  # a run failed: start no other
 
     def run_one(indices: List[int]) -> Optional[dict]:
         seed, arm, name, run_dir, ckpt, cmd, settings = jobs[indices[0]]
         with lock:
+            if stop.is_set():
+                return {}
             started[0] += 1
             left = len(to_train) - started[0] + 1
             eta = f", study eta {sum(fresh_seconds) / len(fresh_seconds) * left / cfg.parallel / 60:.0f} min" \
@@ -329,6 +332,7 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
         record = train(cmd, settings, run_dir, ckpt, total_steps, cfg.steps_per_epoch, cfg.batch_size, threads,
                        report=lambda msg: log(msg, cfg.tag))
         if record is None:
+            stop.set()
             return None
         with lock:
             fresh_seconds.append(time.time() - t0)
@@ -337,23 +341,23 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
     failed = False
     with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
         futures = {pool.submit(run_one, indices): indices for indices in to_train.values()}
-        for future in as_completed(futures):
-            try:
+        try:
+            for future in as_completed(futures):
                 record = future.result()
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)  # runs not started yet; those running finish
-                raise
-            if record is None:
-                failed = True
-                pool.shutdown(wait=False, cancel_futures=True)
-                continue
-            first, *same = futures[future]
-            done[first] = record
-            for i in same:  # an arm whose flags resolve to this training: reported under its own name
-                seed, arm, name = jobs[i][:3]
-                log(f"{name}: reusing the evaluated run {record['arm']}-seed{record['seed']} (the same training)", cfg.tag)
-                done[i] = dict(record, reused=True, arm=arm.name, seed=seed)
-            _write_results(cfg, info, arm_map, baseline, runs(), data, start)
+                failed = failed or record is None
+                if not record:  # failed, or not started after a failure
+                    continue
+                first, *same = futures[future]
+                done[first] = record
+                for i in same:  # an arm whose flags resolve to this training: reported under its own name
+                    seed, arm, name = jobs[i][:3]
+                    log(f"{name}: reusing the evaluated run {record['arm']}-seed{record['seed']} (the same training)",
+                        cfg.tag)
+                    done[i] = dict(record, reused=True, arm=arm.name, seed=seed)
+                _write_results(cfg, info, arm_map, baseline, runs(), data, start)
+        except BaseException:
+            stop.set()  # runs not started yet return at once; those running finish
+            raise
     if failed:
         return 1
     text = _write_results(cfg, info, arm_map, baseline, runs(), data, start)
