@@ -20,10 +20,10 @@ def test_arms_from_the_command_line_and_from_files(tmp_path):
     assert arm.name == "soft" and arm.flags == ("--loss", "lightclip", "--lightclip-token-weight", "0",
                                                 "--lightclip-soft-label-spread", "similarity")
     (tmp_path / "arms.json").write_text(json.dumps(
-        {"baseline": "clip", "arms": {"clip": "--loss clip", "mlm": ["--loss", "lightclip", "--lightclip-token-weight", "0"]}}))
+        {"baseline": "clip", "arms": {"clip": "--loss clip", "mlm": ["--loss", "lightclip", "--lightclip-mlm-weight", "0.5"]}}))
     arms, baseline = read_arms_file(tmp_path / "arms.json")
     assert baseline == "clip" and [(a.name, a.flags) for a in arms] == [
-        ("clip", ("--loss", "clip")), ("mlm", ("--loss", "lightclip", "--lightclip-token-weight", "0"))]
+        ("clip", ("--loss", "clip")), ("mlm", ("--loss", "lightclip", "--lightclip-mlm-weight", "0.5"))]
     yaml = pytest.importorskip("yaml")
     (tmp_path / "arms.yaml").write_text(yaml.safe_dump({"baseline": "a", "arms": ["a=--loss clip", "b=--loss siglip"]}))
     arms, baseline = read_arms_file(tmp_path / "arms.yaml")

@@ -38,7 +38,7 @@ def _state_dict(path):
 
 
 def test_lightclip_student_of_an_unlike_teacher_with_accum_freq_resumes_and_exports(train, teachers, tmp_path, capsys):
-    flags = ["--force-image-size", "64", "--distill-teacher", teachers["LightCLIP-MNv3-S"],
+    flags = ["--force-image-size", "64", "--distill-teacher", teachers["LightCLIP-MNv3-S"], "--lightclip-mlm-weight", "0.5",
              "--distill-feature-weight", "1", "--accum-freq", "2", "--batch-size", "4", "--log-every-n-steps", "1"]
     proc, ckpt_dir = train(loss="lightclip", extra=flags, name="kd")
     log = proc.stdout + proc.stderr

@@ -55,6 +55,20 @@ def test_version_range(version, ok):
             check_open_clip_version(version)
 
 
+def test_an_openclip_with_an_older_diff_is_one_line_naming_the_fix():
+    """An OpenCLIP patched with an earlier patches/ diff (a loss registry, no train hooks) is neither pristine
+    (the runtime seam would add --loss twice) nor hooked (distillation could not register): refused."""
+    import types
+
+    from open_clip_lightclip.upstream.hooks import upstream_has_hooks
+
+    old = types.SimpleNamespace(__file__="/x/open_clip/__init__.py", factory=types.SimpleNamespace(
+        register_loss=1, register_model_class=1, register_training_only_module=1))
+    with pytest.raises(ImportError, match=r"^/x/open_clip carries an older patches/open_clip-3\.3\.0\.diff .*: apply "):
+        upstream_has_hooks(old)
+    assert not upstream_has_hooks(types.SimpleNamespace(factory=types.SimpleNamespace()))
+
+
 def test_trainer_help_lists_plugin_flags():
     proc = run_python(["-m", "open_clip_train.main", "--help"])
     assert "--loss {clip,siglip" in proc.stdout

@@ -15,7 +15,6 @@ ARMS: Dict[str, List[str]] = {
     "lightclip mlm": ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0",
                       "--lightclip-mlm-weight", "0.5"],
     "lightclip all": ["--loss", "lightclip", "--lightclip-token-weight", "1", "--lightclip-mlm-weight", "0.5"],
-    "lightclip (defaults)": ["--loss", "lightclip"],
     "cliplite": ["--loss", "cliplite"],
     "clip untrimmed": ["--loss", "clip"],
 }

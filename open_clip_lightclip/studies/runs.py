@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -29,8 +30,14 @@ def cpu_seconds(children: bool = True) -> float:
     return r.ru_utime + r.ru_stime
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def log(msg: str, tag: str = "study") -> None:
-    print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    """One line on stdout (whole, when several runs report at once)."""
+    with _LOG_LOCK:
+        sys.stdout.write(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}\n")
+        sys.stdout.flush()
 
 
 def same_settings(recorded: dict, settings: dict) -> bool:
@@ -67,7 +74,8 @@ def _wait(proc: subprocess.Popen):
 
 
 def train(cmd: List[str], settings: dict, run_dir: Path, checkpoint: Path, total_steps: int, steps_per_epoch: int,
-          batch_size: int, threads: int = 0, report: Callable[[str], None] = log) -> Optional[dict]:
+          batch_size: int, threads: int = 0, report: Callable[[str], None] = log,
+          on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> Optional[dict]:
     """Run the trainer command, report progress about every 10%; the run's record (with the trainer ``settings``
     the command resolves to), or None if it failed."""
     env = dict(os.environ)
@@ -78,6 +86,8 @@ def train(cmd: List[str], settings: dict, run_dir: Path, checkpoint: Path, total
     tail: List[str] = []
     next_report = 0.0
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+    if on_start is not None:
+        on_start(proc)
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-40:]
         m = TRAIN_LINE.search(line)

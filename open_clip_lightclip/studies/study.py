@@ -12,12 +12,13 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..upstream.trainer_cmd import trainer_command, trainer_settings
 from . import report
@@ -248,6 +249,74 @@ def _finish(record: dict, job: tuple, cfg: StudyConfig, data: dict) -> dict:
     return record
 
 
+def _train_all(cfg: StudyConfig, jobs: list, groups: List[List[int]], plan_size: int, total_steps: int, start: float,
+               data: dict, trained: Callable[[List[int], dict], None]) -> List[str]:
+    """Train each group's first job, ``cfg.parallel`` at a time, evaluate it and hand it to ``trained`` (in this
+    thread); the names of the runs that failed. After a failure no other run starts; those running finish. An
+    error or an interrupt here stops the running trainers too."""
+    threads = cfg.threads or (max(1, _cores() // cfg.parallel) if cfg.parallel > 1 else 0)
+    fresh_seconds: List[float] = []
+    eval_lock, live_lock = threading.Lock(), threading.Lock()  # evaluation runs in this process: one at a time
+    live: set = set()  # trainer processes running
+    stop = threading.Event()
+
+    def run_one(number: int, indices: List[int]) -> Optional[dict]:
+        seed, arm, name, run_dir, ckpt, cmd, settings = jobs[indices[0]]
+        if stop.is_set():
+            return {}
+        done_so_far = list(fresh_seconds)
+        eta = f", study eta {sum(done_so_far) / len(done_so_far) * (len(groups) - number + 1) / cfg.parallel / 60:.0f} " \
+              "min" if done_so_far else ""
+        log(f"run {indices[0] + 1}/{plan_size} {name} ({number}/{len(groups)} to train): elapsed "
+            f"{(time.time() - start) / 60:.1f} min{eta}", cfg.tag)
+        if run_dir.exists():
+            log(f"{name}: moved the earlier run folder aside to {move_aside(run_dir)}", cfg.tag)
+        log(f"  $ {shlex.join(cmd)}", cfg.tag)
+        t0 = time.time()
+
+        def started(proc) -> None:
+            with live_lock:
+                live.add(proc)
+
+        try:
+            record = train(cmd, settings, run_dir, ckpt, total_steps, cfg.steps_per_epoch, cfg.batch_size, threads,
+                           report=lambda msg: log(msg, cfg.tag), on_start=started)
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            with live_lock:
+                live.difference_update([p for p in live if p.poll() is not None])
+        if record is None:
+            stop.set()
+            return None
+        fresh_seconds.append(time.time() - t0)
+        with eval_lock:
+            return _finish(record, jobs[indices[0]], cfg, data)
+
+    failed: List[str] = []
+    with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
+        futures = {pool.submit(run_one, n, indices): indices for n, indices in enumerate(groups, 1)}
+        try:
+            for future in as_completed(futures):
+                record = future.result()
+                if record is None:
+                    failed.append(jobs[futures[future][0]][2])
+                elif record:  # not skipped after a failure
+                    trained(futures[future], record)
+        except BaseException:
+            stop.set()  # runs not started yet return at once
+            with live_lock:
+                for proc in live:
+                    proc.terminate()  # their folders are moved aside by the next run of the study
+            raise
+    return failed
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], report_only: bool = False) -> int:
     """Check everything, then train, evaluate and report every (seed, arm); 0 on success. ``report_only``: train
     nothing, report the runs recorded with each arm's settings."""
@@ -278,6 +347,7 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
             "seed is trained once and reported under every name", cfg.tag)
     done: Dict[int, dict] = {}  # plan index -> evaluated record
     to_train: Dict[str, List[int]] = {}  # settings -> plan indices: the first trains, the others report it
+    reused: Dict[str, dict] = {}  # settings -> a reused record (an arm of the same training reports it too)
     jobs = []
     for i, (seed, arm) in enumerate(plan):
         name = f"{arm.name}-seed{seed}"
@@ -285,80 +355,47 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
         ckpt = run_dir / "checkpoints" / f"epoch_{cfg.epochs}.pt"
         cmd = command(arm, seed)
         jobs.append((seed, arm, name, run_dir, ckpt, cmd, trainer_settings(cmd[3:])))
-        settings = jobs[i][-1]
+        settings, key = jobs[i][-1], json.dumps(jobs[i][-1], sort_keys=True)
+        where = f"run {i + 1}/{len(plan)} {name}"
         record = finished_run(run_dir, settings, ckpt)
         if record is not None:
-            log(f"run {i + 1}/{len(plan)} {name}: reusing the finished run in {run_dir}", cfg.tag)
-            record["reused"] = True
-        elif (found := find_recorded(recorded, settings, name)) is not None:
-            record = dict(found, reused=True)
+            log(f"{where}: reusing the finished run in {run_dir}", cfg.tag)
+        elif (found := reused.get(key) or find_recorded(recorded, settings, name)) is not None:
+            record = dict(found)
             source = f"{record.get('arm')}-seed{record.get('seed')}"
-            log(f"run {i + 1}/{len(plan)} {name}: reusing the evaluated run {source} recorded in results.json"
-                + (" (the same training)" if source != name else ""), cfg.tag)
+            log(f"{where}: reusing the evaluated run {source}" + (" (the same training)" if source != name else ""),
+                cfg.tag)
         elif report_only:
-            log(f"run {i + 1}/{len(plan)} {name}: no recorded run with its settings: left out (--report-only)", cfg.tag)
+            log(f"{where}: no recorded run with its settings: left out (--report-only)", cfg.tag)
             continue
         else:
-            to_train.setdefault(json.dumps(settings, sort_keys=True), []).append(i)
+            to_train.setdefault(key, []).append(i)
             continue
-        done[i] = _finish(record, jobs[i], cfg, data)
+        done[i] = dict(_finish(record, jobs[i], cfg, data), reused=True)
+        reused.setdefault(key, {k: v for k, v in done[i].items() if k != "reused"})
+    for key in [k for k in to_train if k in reused]:  # trained under another arm whose folder came later
+        for i in to_train.pop(key):
+            seed, arm, name = jobs[i][:3]
+            log(f"{name}: reusing the evaluated run {reused[key]['arm']}-seed{seed} (the same training)", cfg.tag)
+            done[i] = dict(reused[key], reused=True, arm=arm.name, seed=seed)
 
     def runs() -> List[dict]:
         return [done[i] for i in sorted(done)]
 
+    def trained(indices: List[int], record: dict) -> None:
+        done[indices[0]] = record
+        for i in indices[1:]:  # an arm whose flags resolve to this training: reported under its own name
+            seed, arm, name = jobs[i][:3]
+            log(f"{name}: reusing the evaluated run {record['arm']}-seed{record['seed']} (the same training)", cfg.tag)
+            done[i] = dict(record, reused=True, arm=arm.name, seed=seed)
+        _write_results(cfg, info, arm_map, baseline, runs(), data, start)
+
     if done:
         _write_results(cfg, info, arm_map, baseline, runs(), data, start)
-    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.parallel) if cfg.parallel > 1 else 0)
-    fresh_seconds: List[float] = []
-    lock = threading.Lock()  # one evaluation at a time (it runs in this process); the progress counters
-    started = [0]
-    stop = threading.Event()  # a run failed: start no other
-
-    def run_one(indices: List[int]) -> Optional[dict]:
-        seed, arm, name, run_dir, ckpt, cmd, settings = jobs[indices[0]]
-        with lock:
-            if stop.is_set():
-                return {}
-            started[0] += 1
-            left = len(to_train) - started[0] + 1
-            eta = f", study eta {sum(fresh_seconds) / len(fresh_seconds) * left / cfg.parallel / 60:.0f} min" \
-                if fresh_seconds else ""
-            log(f"run {indices[0] + 1}/{len(plan)} {name} ({started[0]}/{len(to_train)} to train): elapsed "
-                f"{(time.time() - start) / 60:.1f} min{eta}", cfg.tag)
-            if run_dir.exists():
-                log(f"{name}: moved the earlier run folder aside to {move_aside(run_dir)}", cfg.tag)
-            log(f"  $ {shlex.join(cmd)}", cfg.tag)
-        t0 = time.time()
-        record = train(cmd, settings, run_dir, ckpt, total_steps, cfg.steps_per_epoch, cfg.batch_size, threads,
-                       report=lambda msg: log(msg, cfg.tag))
-        if record is None:
-            stop.set()
-            return None
-        with lock:
-            fresh_seconds.append(time.time() - t0)
-            return _finish(record, jobs[indices[0]], cfg, data)
-
-    failed = False
-    with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
-        futures = {pool.submit(run_one, indices): indices for indices in to_train.values()}
-        try:
-            for future in as_completed(futures):
-                record = future.result()
-                failed = failed or record is None
-                if not record:  # failed, or not started after a failure
-                    continue
-                first, *same = futures[future]
-                done[first] = record
-                for i in same:  # an arm whose flags resolve to this training: reported under its own name
-                    seed, arm, name = jobs[i][:3]
-                    log(f"{name}: reusing the evaluated run {record['arm']}-seed{record['seed']} (the same training)",
-                        cfg.tag)
-                    done[i] = dict(record, reused=True, arm=arm.name, seed=seed)
-                _write_results(cfg, info, arm_map, baseline, runs(), data, start)
-        except BaseException:
-            stop.set()  # runs not started yet return at once; those running finish
-            raise
+    failed = _train_all(cfg, jobs, list(to_train.values()), len(plan), total_steps, start, data, trained)
     if failed:
+        print(f"error: training {', '.join(failed)} failed (the lines above say why); the runs that finished are "
+              f"in {cfg.reports / 'results.md'}; run the same command again to retry", file=sys.stderr)
         return 1
     text = _write_results(cfg, info, arm_map, baseline, runs(), data, start)
     print()

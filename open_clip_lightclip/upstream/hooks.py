@@ -157,8 +157,13 @@ def upstream_has_hooks(open_clip: types.ModuleType) -> bool:
     """True for an OpenCLIP that carries the hooks of ``patches/`` (its own loss and model-class registries):
     it registers the plugin itself (entry point, :mod:`.registration`) and nothing here patches it."""
     factory = getattr(open_clip, "factory", None)
-    return all(hasattr(factory, name) for name in ("register_loss", "register_model_class",
-                                                    "register_training_only_module", "register_train_hook"))
+    hooks = [hasattr(factory, name) for name in ("register_loss", "register_model_class",
+                                                  "register_training_only_module", "register_train_hook")]
+    if any(hooks) and not all(hooks):
+        raise ImportError(f"{Path(getattr(open_clip, '__file__', 'open_clip')).parent} carries an older "
+                          "patches/open_clip-3.3.0.diff of open-clip-lightclip: apply this version's diff to a "
+                          "pristine OpenCLIP 3.3.0 (or reinstall open_clip_torch)")
+    return all(hooks)
 
 
 def _upstream_has_hooks() -> bool:
