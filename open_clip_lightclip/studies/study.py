@@ -274,7 +274,10 @@ def _train_all(cfg: StudyConfig, jobs: list, groups: List[List[int]], plan_size:
         log(f"  $ {shlex.join(cmd)}", cfg.tag)
         t0 = time.time()
 
+        mine: list = []
+
         def started(proc) -> None:
+            mine.append(proc)
             with live_lock:
                 live.add(proc)
 
@@ -286,7 +289,7 @@ def _train_all(cfg: StudyConfig, jobs: list, groups: List[List[int]], plan_size:
             raise
         finally:
             with live_lock:
-                live.difference_update([p for p in live if p.poll() is not None])
+                live.difference_update(mine)  # (no poll() of the others: it could reap a child its thread waits on)
         if record is None:
             stop.set()
             return None
