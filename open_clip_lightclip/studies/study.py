@@ -376,21 +376,23 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
             continue
         done[i] = dict(_finish(record, jobs[i], cfg, data), reused=True)
         reused.setdefault(key, {k: v for k, v in done[i].items() if k != "reused"})
+    def alias(i: int, record: dict) -> None:
+        """Plan index ``i`` trains what ``record`` trained: reported under its own arm name."""
+        seed, arm, name = jobs[i][:3]
+        log(f"{name}: reusing the evaluated run {record['arm']}-seed{record['seed']} (the same training)", cfg.tag)
+        done[i] = dict(record, reused=True, arm=arm.name, seed=seed)
+
     for key in [k for k in to_train if k in reused]:  # trained under another arm whose folder came later
         for i in to_train.pop(key):
-            seed, arm, name = jobs[i][:3]
-            log(f"{name}: reusing the evaluated run {reused[key]['arm']}-seed{seed} (the same training)", cfg.tag)
-            done[i] = dict(reused[key], reused=True, arm=arm.name, seed=seed)
+            alias(i, reused[key])
 
     def runs() -> List[dict]:
         return [done[i] for i in sorted(done)]
 
     def trained(indices: List[int], record: dict) -> None:
         done[indices[0]] = record
-        for i in indices[1:]:  # an arm whose flags resolve to this training: reported under its own name
-            seed, arm, name = jobs[i][:3]
-            log(f"{name}: reusing the evaluated run {record['arm']}-seed{record['seed']} (the same training)", cfg.tag)
-            done[i] = dict(record, reused=True, arm=arm.name, seed=seed)
+        for i in indices[1:]:  # an arm whose flags resolve to this training
+            alias(i, record)
         _write_results(cfg, info, arm_map, baseline, runs(), data, start)
 
     if done:
