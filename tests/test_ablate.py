@@ -171,10 +171,11 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     del results["runs"][[(r["arm"], r["seed"]) for r in results["runs"]].index(("all", 1))]
     (out / "results.json").write_text(json.dumps(results))
     same = "same=--loss lightclip --lightclip-mlm-weight 0 --lightclip-soft-label-max 0 --lightclip-token-weight 0 " \
-           "--lightclip-instance-weight 1"
+           "--lightclip-instance-weight 1 --lightclip-matching hungarian"  # a flag of the token term, which is off
     again = run_python([*cmd, same])
     assert again.stdout.count("reusing the finished run") == 5 and again.stdout.count("$ ") == 1  # only all-seed1
     assert "arms inst, same train the same" in again.stdout
+    assert "arm same: --lightclip-matching train(s) nothing here" in again.stdout and "arm all:" not in again.stdout
     assert again.stdout.count("(the same training)") == 2 and "same-seed1: reusing the evaluated run inst-seed1" in again.stdout
     assert len(list(logs.glob("all-seed1.previous-*"))) == 1 and (logs / "all-seed1" / "checkpoints" / "epoch_1.pt").is_file()
     rows = {(r["arm"], r["seed"]): r for r in json.loads((out / "results.json").read_text())["runs"]}
@@ -241,8 +242,17 @@ def test_runs_are_reused_by_the_settings_the_trainer_resolves_not_by_how_the_fla
     assert settings("b", "--lightclip-token-weight", str(default["lightclip_token_weight"])) == default  # name aside
     assert settings("a", "--lightclip-token-weight", "0.25") != default and "name" not in default
     assert not any(k.startswith("cliplite_") for k in default)  # another objective's flags train nothing here
+    # the flags of a term that is off train nothing either (the token and MLM terms are off by default)
+    assert default["lightclip_token_weight"] == 0 and default["lightclip_mlm_weight"] == 0
+    assert settings("a", "--lightclip-matching", "hungarian", "--lightclip-mlm-attention", "causal") == default
+    token = settings("a", "--lightclip-token-weight", "1")
+    assert settings("a", "--lightclip-token-weight", "1", "--lightclip-matching", "hungarian") != token
+    assert token["lightclip_matching"] == "sinkhorn" and "lightclip_matching" not in default
+    flat = settings("a", "--lightclip-soft-label-max", "0")  # e_max 0: the spread and schedule shape nothing
+    assert settings("a", "--lightclip-soft-label-max", "0", "--lightclip-soft-label-spread", "similarity") == flat
+    assert settings("a", "--lightclip-soft-label-spread", "similarity") != default
     # a flag the record predates is not compared; one it knows with another value (a changed default) is
-    older = {k: v for k, v in default.items() if k != "lightclip_token_temperature"}
+    older = {k: v for k, v in default.items() if k != "lightclip_soft_label_spread"}
     assert same_settings(older, default) and not same_settings({**older, "lightclip_mlm_weight": 0.123}, default)
     assert same_trainings({"a": default, "b": dict(default), "c": {**default, "seed": 1}}) == [["a", "b"]]
     # records: the one of the same name first; a record without settings (older ablate) is never reused

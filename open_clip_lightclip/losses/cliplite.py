@@ -29,7 +29,7 @@ draws ``torch.rand`` in the unit cube for unnormalised features).
 import argparse
 import logging
 import os
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -282,6 +282,11 @@ def _add_args(group) -> None:
              "embeddings and discriminator minimise the same term, as the reference code's single optimizer.")
 
 
+def _inactive_args(args: argparse.Namespace) -> List[str]:
+    """The prior's shape flags while the prior term is off: they train nothing."""
+    return ["cliplite_prior_on", "cliplite_prior_grad"] if args.cliplite_prior_weight == 0 else []
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if getattr(args, "horovod", False):
         raise ValueError("--loss cliplite does not support --horovod; use torchrun / srun (torch.distributed)")
@@ -321,7 +326,8 @@ def _configure_model(model: nn.Module, args) -> None:
         _PENDING_PRIORS[id(args)] = prior
 
 
-@register_loss("cliplite", add_args=_add_args, check_args=_check_args, configure_model=_configure_model)
+@register_loss("cliplite", add_args=_add_args, check_args=_check_args, configure_model=_configure_model,
+               inactive_args=_inactive_args)
 def _cliplite_loss(args) -> nn.Module:
     """CLIP-Lite JSD loss (``--loss cliplite``); see :class:`ClipLiteLoss`."""
     if getattr(args, "horovod", False):

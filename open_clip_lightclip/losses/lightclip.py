@@ -18,7 +18,7 @@ masked tokens, scaled so DDP's gradient averaging yields its exact gradient.
 import argparse
 import logging
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -292,6 +292,25 @@ def _add_args(group) -> None:
       help="logit scale of the token term: the model's (shared with the instance term) or its own learned one (token term on)")
 
 
+# each term's own flags (``args`` names): while the term's weight is 0 they change nothing in the run
+TERM_ARGS = {
+    "token": ("lightclip_matching", "lightclip_sinkhorn_eps", "lightclip_sinkhorn_iters", "lightclip_sinkhorn_kernel",
+              "lightclip_token_dim", "lightclip_token_chunk", "lightclip_token_scope", "lightclip_token_negatives",
+              "lightclip_token_temperature"),
+    "mlm": ("lightclip_fusion_layers", "lightclip_mask_prob", "lightclip_mask_rule", "lightclip_mlm_attention"),
+    "instance": ("lightclip_soft_label_max", "lightclip_soft_label_schedule", "lightclip_soft_label_spread"),
+}
+
+
+def _inactive_args(args) -> List[str]:
+    """The flags of the terms that are off (and the soft-label shape when ``e_max`` is 0): they train nothing."""
+    off = [name for term, names in TERM_ARGS.items() if getattr(args, f"lightclip_{term}_weight") == 0
+           for name in names]
+    if args.lightclip_soft_label_max == 0:
+        off += ["lightclip_soft_label_schedule", "lightclip_soft_label_spread"]
+    return off
+
+
 def _check_args(args) -> None:
     import open_clip
 
@@ -398,7 +417,8 @@ def _add_heads(model, args, token: bool, mlm: bool) -> None:
     ))
 
 
-@register_loss("lightclip", add_args=_add_args, check_args=_check_args, configure_model=_configure_model)
+@register_loss("lightclip", add_args=_add_args, check_args=_check_args, configure_model=_configure_model,
+               inactive_args=_inactive_args)
 def create_lightclip_loss(args) -> LightCLIPLoss:
     return LightCLIPLoss(
         instance_weight=args.lightclip_instance_weight,

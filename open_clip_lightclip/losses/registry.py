@@ -6,7 +6,8 @@ An entry may also bring its own trainer flags (``add_args``), a check of them ru
 after parsing (``check_args``, raises ``ValueError`` with a one-line message) and a
 ``configure_model(model, args)`` run on the trainer's model right after it is built
 (before locking, DDP and the optimizer), to switch on token outputs or attach
-training-only modules.
+training-only modules, and ``inactive_args(args)``: the names of its flags that change nothing
+for these ``args`` (those of a term whose weight is 0), so that runs differing only there are one run.
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -23,16 +24,17 @@ class LossEntry:
     add_args: Optional[Callable] = None  # (argparse group) -> None
     check_args: Optional[Callable] = None  # (args) -> None, raises ValueError
     configure_model: Optional[Callable] = None  # (model, args) -> None
+    inactive_args: Optional[Callable] = None  # (args) -> names of its args that change nothing for these args
 
 
 _LOSSES: Dict[str, LossEntry] = {}
 
 
-def register_loss(name: str, add_args=None, check_args=None, configure_model=None):
+def register_loss(name: str, add_args=None, check_args=None, configure_model=None, inactive_args=None):
     """Decorator: register ``factory(args) -> nn.Module`` (and its optional hooks) under ``name``."""
 
     def _register(factory):
-        _LOSSES[name] = LossEntry(name, factory, add_args, check_args, configure_model)
+        _LOSSES[name] = LossEntry(name, factory, add_args, check_args, configure_model, inactive_args)
         return factory
 
     return _register

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Arm", "StudyError", "parse_arm", "read_arms_file", "check_arms", "check_cached_shards"]
+__all__ = ["Arm", "StudyError", "parse_arm", "read_arms_file", "check_arms", "check_cached_shards", "idle_flags"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # flags a study sets itself for every arm: an arm may not change them (the comparison would not be paired)
@@ -115,6 +115,17 @@ def check_arms(arms: Sequence[Arm], baseline: Optional[str], seeds: Sequence[int
         if error:
             raise StudyError(f"arm {arm.name!r} ({arm.command_text}): {error}")
     return {a.name: a for a in arms}
+
+
+def idle_flags(arm: Arm, settings: dict) -> List[str]:
+    """The objectives' flags (``--lightclip-*``, ``--cliplite-*``) that ``arm`` sets but its resolved trainer
+    ``settings`` leave out: flags of a term whose weight is 0, or of another ``--loss``. They train nothing, so
+    an arm that differs from another only by them measures nothing (a sweep of a term left off)."""
+    from ..losses import list_losses
+
+    prefixes = tuple(f"--{name}-" for name in list_losses())
+    flags = [f.split("=", 1)[0] for f in arm.flags if f.startswith(prefixes)]
+    return [f for f in dict.fromkeys(flags) if f[2:].replace("-", "_") not in settings]
 
 
 def check_cached_shards(arm: Arm, study_train_data: str) -> None:

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..upstream.trainer_cmd import trainer_command, trainer_settings
 from . import report
-from .arms import Arm, StudyError, check_arms, check_cached_shards
+from .arms import Arm, StudyError, check_arms, check_cached_shards, idle_flags
 from .evaluate import evaluate_checkpoint, load_eval_data
 from .runs import cpu_seconds, finished_run, log, move_aside, read_curves, same_settings, train
 
@@ -345,8 +345,13 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
                                extra=[*cfg.common_flags(info), *arm.flags])
 
     first_seed = {a.name: trainer_settings(command(a, cfg.seeds[0])[3:]) for a in arm_map.values()}
+    for a in arm_map.values():
+        if idle := idle_flags(a, first_seed[a.name]):
+            log(f"arm {a.name}: {' '.join(idle)} train(s) nothing here (a flag of a term whose weight is 0, or of "
+                "another --loss)", cfg.tag)
     for names in same_trainings(first_seed):
-        log(f"arms {', '.join(names)} train the same (their flags resolve to the same trainer settings): each "
+        log(f"arms {', '.join(names)} train the same (their flags resolve to the same trainer settings; a flag "
+            "at its default, or of a term whose weight is 0, changes nothing): each "
             "seed is trained once and reported under every name", cfg.tag)
     done: Dict[int, dict] = {}  # plan index -> evaluated record
     to_train: Dict[str, List[int]] = {}  # settings -> plan indices: the first trains, the others report it
