@@ -245,8 +245,24 @@ class LightCLIPLoss(nn.Module):
 
 
 # --- trainer integration: flags, checks, model heads, factory --------------------------------
+# each term's own flags (``args`` names): while the term's weight is 0 they change nothing in the run
+TERM_ARGS = {
+    "token": ("lightclip_matching", "lightclip_sinkhorn_eps", "lightclip_sinkhorn_iters", "lightclip_sinkhorn_kernel",
+              "lightclip_token_dim", "lightclip_token_chunk", "lightclip_token_scope", "lightclip_token_negatives",
+              "lightclip_token_temperature"),
+    "mlm": ("lightclip_fusion_layers", "lightclip_mask_prob", "lightclip_mask_rule", "lightclip_mlm_attention"),
+    "instance": ("lightclip_soft_label_max", "lightclip_soft_label_schedule", "lightclip_soft_label_spread"),
+}
+# how --help marks the flags of a term that is off by default
+_TERM_ON = {"token": " (token term on)", "mlm": " (MLM on)"}
+
+
 def _add_args(group) -> None:
-    a = group.add_argument
+    def a(flag: str, **kw) -> None:
+        dest = flag[2:].replace("-", "_")
+        kw["help"] += "".join(mark for term, mark in _TERM_ON.items() if dest in TERM_ARGS[term])
+        group.add_argument(flag, **kw)
+
     a("--lightclip-instance-weight", type=float, default=1.0, help="weight of the instance-level term (0: off)")
     a("--lightclip-token-weight", type=float, default=0.0,
       help="weight of the token-level term (default 0: off; it measured no better than without it and costs "
@@ -264,42 +280,32 @@ def _add_args(group) -> None:
       help="spread e(t) uniformly over the negatives, or by the model's own detached similarities")
     a("--lightclip-matching", choices=MATCHING_MODES, default="sinkhorn",
       help="word-patch matching of the token term: entropic relaxation (batched), exact Hungarian (CPU), "
-           "or FILIP token-wise max (token term on)")
+           "or FILIP token-wise max")
     a("--lightclip-sinkhorn-eps", type=float, default=0.05,
-      help="entropic regularisation of --lightclip-matching sinkhorn (token term on)")
+      help="entropic regularisation of --lightclip-matching sinkhorn")
     a("--lightclip-sinkhorn-iters", type=int, default=10,
-      help="Sinkhorn iterations (10: pair scores within 1e-5 of 300 iterations at eps 0.05) (token term on)")
+      help="Sinkhorn iterations (10: pair scores within 1e-5 of 300 iterations at eps 0.05)")
     a("--lightclip-sinkhorn-kernel", choices=SINKHORN_KERNELS, default="scaling",
       help="Sinkhorn implementation: matrix scaling (default; no exp/log inside the loop), the same through "
-           "torch.compile (fused kernels; for GPUs), or the log-domain reference; all give the same plan (1e-5) (token term on)")
-    a("--lightclip-token-dim", type=int, default=256, help="dimension of the projected image / word tokens (token term on)")
+           "torch.compile (fused kernels; for GPUs), or the log-domain reference; all give the same plan (1e-5)")
+    a("--lightclip-token-dim", type=int, default=256, help="dimension of the projected image / word tokens")
     a("--lightclip-token-chunk", type=int, default=2 ** 24,
-      help="token term block size in similarity elements (pairs x words x patches); bounds its memory (token term on)")
+      help="token term block size in similarity elements (pairs x words x patches); bounds its memory")
     a("--lightclip-token-scope", choices=TOKEN_SCOPES, default="global",
       help="negatives of the token term: the global (gathered) batch, or each rank's own batch "
-           "(cost independent of the number of ranks) (token term on)")
+           "(cost independent of the number of ranks)")
     a("--lightclip-token-negatives", type=int, default=0, metavar="K",
       help="token term on each local sample's positive and its K hardest negatives of the gathered batch (by "
-           "instance similarity): cost O(local batch x K), independent of the global batch (0: all negatives) (token term on)")
+           "instance similarity): cost O(local batch x K), independent of the global batch (0: all negatives)")
     a("--lightclip-fusion-layers", type=int, nargs="+", default=[2, 4, 6],
-      help="text layers (1-based) after which the masked text cross-attends to the image tokens (MLM on)")
-    a("--lightclip-mask-prob", type=float, default=0.15, help="fraction of word tokens masked for MLM (MLM on)")
+      help="text layers (1-based) after which the masked text cross-attends to the image tokens")
+    a("--lightclip-mask-prob", type=float, default=0.15, help="fraction of word tokens masked for MLM")
     a("--lightclip-mask-rule", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("MASK", "RANDOM", "KEEP"),
-      help="BERT rule for masked positions: mask embedding / random token / unchanged (MLM on)")
+      help="BERT rule for masked positions: mask embedding / random token / unchanged")
     a("--lightclip-mlm-attention", choices=("bidirectional", "causal"), default="bidirectional",
-      help="attention of the MLM pass through the (shared) text tower (MLM on)")
+      help="attention of the MLM pass through the (shared) text tower")
     a("--lightclip-token-temperature", choices=("shared", "own"), default="shared",
-      help="logit scale of the token term: the model's (shared with the instance term) or its own learned one (token term on)")
-
-
-# each term's own flags (``args`` names): while the term's weight is 0 they change nothing in the run
-TERM_ARGS = {
-    "token": ("lightclip_matching", "lightclip_sinkhorn_eps", "lightclip_sinkhorn_iters", "lightclip_sinkhorn_kernel",
-              "lightclip_token_dim", "lightclip_token_chunk", "lightclip_token_scope", "lightclip_token_negatives",
-              "lightclip_token_temperature"),
-    "mlm": ("lightclip_fusion_layers", "lightclip_mask_prob", "lightclip_mask_rule", "lightclip_mlm_attention"),
-    "instance": ("lightclip_soft_label_max", "lightclip_soft_label_schedule", "lightclip_soft_label_spread"),
-}
+      help="logit scale of the token term: the model's (shared with the instance term) or its own learned one")
 
 
 def _inactive_args(args) -> List[str]:

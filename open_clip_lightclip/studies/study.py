@@ -381,6 +381,7 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
             continue
         done[i] = dict(_finish(record, jobs[i], cfg, data), reused=True)
         reused.setdefault(key, {k: v for k, v in done[i].items() if k != "reused"})
+
     def alias(i: int, record: dict) -> None:
         """Plan index ``i`` trains what ``record`` trained: reported under its own arm name."""
         seed, arm, name = jobs[i][:3]
