@@ -231,6 +231,7 @@ def test_demo_refuses_unknown_data_folder(tmp_path, capsys):
 
 
 def test_runs_are_reused_by_the_settings_the_trainer_resolves_not_by_how_the_flags_are_spelled(tmp_path):
+    from open_clip_lightclip.studies.arms import idle_flags, make_arm
     from open_clip_lightclip.studies.runs import same_settings
     from open_clip_lightclip.studies.study import find_recorded, recorded_runs, same_trainings
     from open_clip_lightclip.upstream.trainer_cmd import trainer_command, trainer_settings
@@ -251,6 +252,19 @@ def test_runs_are_reused_by_the_settings_the_trainer_resolves_not_by_how_the_fla
     flat = settings("a", "--lightclip-soft-label-max", "0")  # e_max 0: the spread and schedule shape nothing
     assert settings("a", "--lightclip-soft-label-max", "0", "--lightclip-soft-label-spread", "similarity") == flat
     assert settings("a", "--lightclip-soft-label-spread", "similarity") != default
+    # distillation's flags without a teacher, and a term's own flags while its weight is 0, train nothing
+    assert settings("a", "--distill-affinity-weight", "0.5", "--distill-feature-distance", "cosine") == default
+    (tmp_path / "teacher.pt").touch()  # the parser checks that the weights exist; nothing here loads them
+    teacher = ["--distill-teacher", f"LightCLIP-Tiny={tmp_path / 'teacher.pt'}"]
+    distill = settings("a", *teacher)
+    assert distill != default and distill["distill_affinity_weight"] == 1 and "distill_feature_distance" not in distill
+    assert settings("a", *teacher, "--distill-feature-distance", "cosine") == distill
+    assert settings("a", *teacher, "--distill-teacher-logit-scale", "50") != distill
+    feature = [*teacher, "--distill-affinity-weight", "0", "--distill-feature-weight", "1"]
+    assert settings("a", *feature, "--distill-teacher-logit-scale", "50") == settings("a", *feature)
+    assert settings("a", *feature, "--distill-feature-distance", "cosine") != settings("a", *feature)
+    arm = make_arm("x", "--loss lightclip --distill-affinity-weight 0.5 --lightclip-matching max --lightclip-mlm-weight 0.5")
+    assert idle_flags(arm, settings("x", *arm.flags[2:])) == ["--distill-affinity-weight", "--lightclip-matching"]
     # a flag the record predates is not compared; one it knows with another value (a changed default) is
     older = {k: v for k, v in default.items() if k != "lightclip_soft_label_spread"}
     assert same_settings(older, default) and not same_settings({**older, "lightclip_mlm_weight": 0.123}, default)

@@ -20,7 +20,7 @@ gathered as the instance term's (teacher features as constants), the feature ter
 term scaled by :func:`~.distributed.local_term_scale`: every term stays the same fraction of its
 single-process gradient as the contrastive term, whatever the number of processes.
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .distributed import gather_batch, local_term_scale, with_value
 
 __all__ = ["FEATURE_DISTANCES", "affinity_kl", "feature_distance", "distill_keys", "DistillationLoss",
-           "add_distill_args", "check_distill_args"]
+           "add_distill_args", "check_distill_args", "inactive_distill_args"]
 
 FEATURE_DISTANCES = ("mse", "cosine")
 
@@ -165,6 +165,16 @@ def add_distill_args(group) -> None:
     a("--distill-cache", action="store_true",
       help="read the teachers' embeddings from the training shards (made by `open-clip-lightclip "
            "cache-teacher`) instead of running a teacher")
+
+
+def inactive_distill_args(args) -> List[str]:
+    """The ``--distill-*`` flags that change nothing for ``args``: all of them without a teacher, the teachers' logit
+    scales while the affinity term is off, the feature distance while the feature term is off."""
+    if not (args.distill_teacher or args.distill_cache):
+        return ["distill_affinity_weight", "distill_feature_weight", "distill_feature_distance",
+                "distill_teacher_logit_scale"]
+    off = [] if args.distill_affinity_weight else ["distill_teacher_logit_scale"]
+    return off + ([] if args.distill_feature_weight else ["distill_feature_distance"])
 
 
 def check_distill_args(args) -> None:

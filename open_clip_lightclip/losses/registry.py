@@ -7,14 +7,15 @@ after parsing (``check_args``, raises ``ValueError`` with a one-line message) an
 ``configure_model(model, args)`` run on the trainer's model right after it is built
 (before locking, DDP and the optimizer), to switch on token outputs or attach
 training-only modules, and ``inactive_args(args)``: the names of its flags that change nothing
-for these ``args`` (those of a term whose weight is 0), so that runs differing only there are one run.
+for these ``args`` (those of a term whose weight is 0), so that runs differing only there are one run
+(:func:`idle_args` adds the other objectives' flags and the idle distillation flags).
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 import torch.nn as nn
 
-__all__ = ["LossEntry", "register_loss", "create_loss", "list_losses", "get_loss_entry"]
+__all__ = ["LossEntry", "register_loss", "create_loss", "list_losses", "get_loss_entry", "idle_args"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,19 @@ def get_loss_entry(name: str) -> LossEntry:
     if name not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(_LOSSES)}")
     return _LOSSES[name]
+
+
+def idle_args(args) -> Set[str]:
+    """The names of the parsed trainer ``args`` that change nothing for this run: every flag of another ``--loss``
+    (``lightclip_*`` for a ``--loss clip`` run), the run's own loss's ``inactive_args`` (a term whose weight is 0)
+    and the distillation flags left idle (no teacher, or a term off)."""
+    from .distill import inactive_distill_args
+
+    own = _LOSSES.get(getattr(args, "loss", None))
+    other = tuple(f"{entry.name}_" for entry in _LOSSES.values() if entry is not own and entry.add_args)
+    idle = {name for name in vars(args) if name.startswith(other)}
+    idle.update(own.inactive_args(args) if own is not None and own.inactive_args else ())
+    return idle | set(inactive_distill_args(args))
 
 
 def create_loss(name: str, args) -> nn.Module:

@@ -118,12 +118,13 @@ def check_arms(arms: Sequence[Arm], baseline: Optional[str], seeds: Sequence[int
 
 
 def idle_flags(arm: Arm, settings: dict) -> List[str]:
-    """The objectives' flags (``--lightclip-*``, ``--cliplite-*``) that ``arm`` sets but its resolved trainer
-    ``settings`` leave out: flags of a term whose weight is 0, or of another ``--loss``. They train nothing, so
-    an arm that differs from another only by them measures nothing (a sweep of a term left off)."""
+    """The plugin's flags (``--lightclip-*``, ``--cliplite-*``, ``--distill-*``) that ``arm`` sets but its resolved
+    trainer ``settings`` leave out: flags of a term whose weight is 0, of another ``--loss``, or of distillation
+    without a teacher. They train nothing, so an arm that differs from another only by them measures nothing (a
+    sweep of a term left off)."""
     from ..losses import list_losses
 
-    prefixes = tuple(f"--{name}-" for name in list_losses())
+    prefixes = tuple(f"--{name}-" for name in (*list_losses(), "distill"))
     flags = [f.split("=", 1)[0] for f in arm.flags if f.startswith(prefixes)]
     return [f for f in dict.fromkeys(flags) if f[2:].replace("-", "_") not in settings]
 

@@ -347,8 +347,8 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
     first_seed = {a.name: trainer_settings(command(a, cfg.seeds[0])[3:]) for a in arm_map.values()}
     for a in arm_map.values():
         if idle := idle_flags(a, first_seed[a.name]):
-            log(f"arm {a.name}: {' '.join(idle)} train(s) nothing here (a flag of a term whose weight is 0, or of "
-                "another --loss)", cfg.tag)
+            log(f"arm {a.name}: {' '.join(idle)} train(s) nothing here (a flag of a term whose weight is 0, of another "
+                "--loss, or of distillation without a teacher)", cfg.tag)
     for names in same_trainings(first_seed):
         log(f"arms {', '.join(names)} train the same (their flags resolve to the same trainer settings; a flag "
             "at its default, or of a term whose weight is 0, changes nothing): each "

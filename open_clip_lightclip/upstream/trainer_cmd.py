@@ -40,20 +40,16 @@ RUN_IDENTITY = ("name", "logs")
 def trainer_settings(argv: Sequence[str]) -> Dict[str, Any]:
     """Every setting the trainer resolves from ``argv`` (its flags and the defaults of upstream and the plugin),
     as JSON values, without the run's name and log folder: two command lines train the same run exactly when
-    their settings are equal, however the flags are spelled, and a changed default changes them. The flags of
-    the plugin's other objectives, and those of the run's own terms that are off, are left out: they do not
-    touch this run."""
+    their settings are equal, however the flags are spelled, and a changed default changes them. The flags that
+    change nothing for this run (:func:`~open_clip_lightclip.losses.idle_args`: the plugin's other objectives',
+    those of the run's own terms that are off, distillation's without a teacher) are left out."""
     args, error = _parse(argv)
     if args is None:
         raise ValueError(error or f"no trainer settings for {' '.join(argv)}")
-    from ..losses import get_loss_entry, list_losses
+    from ..losses import idle_args
 
-    # flags of another --loss than the run's (``--lightclip-*`` for a ``--loss clip`` run) train nothing
-    other = tuple(f"{name}_" for name in list_losses() if name != args.loss and get_loss_entry(name).add_args)
-    entry = get_loss_entry(args.loss) if args.loss in list_losses() else None
-    inactive = set(entry.inactive_args(args)) if entry is not None and entry.inactive_args else set()
-    settings = {k: v for k, v in vars(args).items()
-                if k not in RUN_IDENTITY and k not in inactive and not k.startswith(other)}
+    idle = idle_args(args)
+    settings = {k: v for k, v in vars(args).items() if k not in RUN_IDENTITY and k not in idle}
     return json.loads(json.dumps(settings, sort_keys=True, default=repr))
 
 
