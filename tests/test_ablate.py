@@ -157,6 +157,7 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     assert sorted((r["arm"], r["seed"]) for r in results["runs"]) == sorted(
         (a, s) for a in ("clip", "inst", "all") for s in (0, 1))
     assert all(f"{r['arm']}-seed{r['seed']}" in r["cmd"] and r["train_cpu_seconds"] > 0 for r in results["runs"])
+    assert [r["threads"] for r in results["runs"]] == [1] * 6  # --threads 1: recorded, as it changes the rounding
     paired = results["summary"]["paired"]
     d = paired["all"]["mean_recall"]
     assert d["n"] == 2 and d["low"] <= d["mean"] <= d["high"] and d["verdict"]

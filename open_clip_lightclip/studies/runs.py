@@ -1,7 +1,7 @@
 """Training runs through the real ``python -m open_clip_train.main``: start, follow, reuse, move aside.
 
 A run writes to ``LOGS/NAME`` exactly as the trainer does, plus ``study_run.json`` (its command
-line, the trainer settings it resolves to, times and, once evaluated, its metrics). A finished run
+line, the trainer settings it resolves to, its thread count, times and, once evaluated, its metrics). A finished run
 with the same settings is reused; a folder holding anything else (an interrupted run, other settings) is moved aside to
 ``NAME.previous-<time>``, never deleted.
 """
@@ -77,10 +77,14 @@ def train(cmd: List[str], settings: dict, run_dir: Path, checkpoint: Path, total
           batch_size: int, threads: int = 0, report: Callable[[str], None] = log,
           on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> Optional[dict]:
     """Run the trainer command, report progress about every 10%; the run's record (with the trainer ``settings``
-    the command resolves to), or None if it failed."""
+    the command resolves to and its thread count), or None if it failed. The same command and thread count train
+    the same weights bit for bit; another thread count rounds sums in another order (a different draw of the run)."""
+    import torch
+
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    threads = threads or torch.get_num_threads()  # the child's default: the same environment, no set_num_threads
     name = run_dir.name
     start = time.time()
     tail: List[str] = []
@@ -105,7 +109,7 @@ def train(cmd: List[str], settings: dict, run_dir: Path, checkpoint: Path, total
     if rc != 0 or not checkpoint.is_file():
         print(f"error: training {name} failed (exit {rc}); last lines:\n" + "\n".join(tail[-15:]), file=sys.stderr)
         return None
-    record = {"cmd": cmd, "command": shlex.join(cmd), "settings": settings, "train_seconds": seconds,
+    record = {"cmd": cmd, "command": shlex.join(cmd), "settings": settings, "threads": threads, "train_seconds": seconds,
               "train_cpu_seconds": cpu, "checkpoint": str(checkpoint), "run_dir": str(run_dir)}
     (run_dir / RECORD).write_text(json.dumps(record, indent=1))
     return record
