@@ -163,6 +163,7 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     assert d["n"] == 2 and d["low"] <= d["mean"] <= d["high"] and d["verdict"]
     table = (out / "results.md").read_text()
     assert "| arm | mean of the six recalls | i→t R@1 |" in table and "| *chance* |" in table
+    assert "Threads per run: 1 (6 runs)." in table
     assert re.search(r"\| all \| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \|", table)
     assert (out / "results.png").stat().st_size > 10_000
 
@@ -280,6 +281,15 @@ def test_runs_are_reused_by_the_settings_the_trainer_resolves_not_by_how_the_fla
     assert len(recorded) == 2 and find_recorded(recorded, default, "a-seed0")["eval"]["i2t_R@1"] == 0.2
     assert find_recorded(recorded, default, "z-seed0")["arm"] == "x"
     assert find_recorded(recorded, {**default, "seed": 1}, "a-seed1") is None
+
+
+def test_results_say_how_many_runs_trained_with_each_thread_count():
+    from open_clip_lightclip.studies.study import _threads_line
+
+    runs = [{"eval": {}, "threads": 2}, {"eval": {}, "threads": 1}, {"eval": {}}, {"eval": {}, "threads": 1},
+            {"threads": 4}]  # the last was not evaluated: not counted
+    assert _threads_line(runs)[0].startswith("Threads per run: 1 (2 runs), 2 (1 run), not recorded (1 run). ")
+    assert _threads_line(runs[-1:]) == []
 
 
 def test_report_table_by_hand():

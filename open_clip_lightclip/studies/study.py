@@ -160,7 +160,21 @@ def _data(cfg: StudyConfig) -> dict:
 # ---------------------------------------------------------------- runs
 
 
-def _header(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, wall: float, reused: bool) -> List[str]:
+def _threads_line(runs: List[dict]) -> List[str]:
+    """How many of the evaluated ``runs`` trained with each thread count (it decides the rounding of their sums)."""
+    counts: Dict[Optional[int], int] = {}
+    for r in runs:
+        if "eval" in r:
+            counts[r.get("threads")] = counts.get(r.get("threads"), 0) + 1
+    if not counts:
+        return []
+    parts = [f"{t if t else 'not recorded'} ({n} run{'s' * (n > 1)})"
+             for t, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+    return [f"Threads per run: {', '.join(parts)}. The same command and thread count train the same weights bit for "
+            "bit; another thread count rounds in another order and trains another draw of the run."]
+
+
+def _header(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, wall: float, runs: List[dict]) -> List[str]:
     lines = [
         f"# open-clip-lightclip {cfg.tag} results", "",
         f"Model `{cfg.model}` at {cfg.image_size} px, trained from scratch through `open_clip_train.main`; every arm: "
@@ -175,9 +189,9 @@ def _header(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, w
               for a in arms.values()]
     cpu = cpu_seconds(False) + cpu_seconds(True)
     lines += ["", f"Wall time of this invocation: {wall / 60:.1f} min"
-              + (" (finished runs were reused)" if reused else "")
+              + (" (finished runs were reused)" if any(r.get("reused") for r in runs) else "")
               + f"; CPU time (all processes): {cpu / 60:.1f} min; machine: {platform.machine()}, "
-              f"{os.cpu_count()} cores; date: {time.strftime('%Y-%m-%d')}.", *cfg.extra_notes, "",
+              f"{os.cpu_count()} cores; date: {time.strftime('%Y-%m-%d')}.", *_threads_line(runs), *cfg.extra_notes, "",
               f"Command: `{cfg.command_line}`"]
     return lines
 
@@ -190,7 +204,7 @@ def _write_results(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline:
     summary = report.summarize_runs(runs, names, baseline)
     chance = report.chance_levels(data) if data else {}
     text = report.markdown(summary, names, chance,
-                           _header(cfg, info, arms, baseline, time.time() - start, any(r.get("reused") for r in runs)))
+                           _header(cfg, info, arms, baseline, time.time() - start, runs))
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(
         {"config": asdict(cfg), "baseline": baseline, "arms": {a.name: list(a.flags) for a in arms.values()},
