@@ -4,8 +4,8 @@ from typing import Dict, Sequence
 
 from .stats import PairedDiff, mean_sd, paired_difference
 
-__all__ = ["METRICS", "RECALL_KEYS", "MEAN_RECALL", "summarize_runs", "markdown", "forest_plot", "chance_levels",
-           "PairedDiff"]
+__all__ = ["METRICS", "RECALL_KEYS", "MEAN_RECALL", "mean_recall", "summarize_runs", "markdown", "diff_cell",
+           "forest_plot", "chance_levels", "PairedDiff"]
 
 METRICS = [  # (key, column title)
     ("i2t_R@1", "i→t R@1"), ("i2t_R@5", "i→t R@5"), ("i2t_R@10", "i→t R@10"),
@@ -16,10 +16,15 @@ RECALL_KEYS = [k for k, _ in METRICS[:6]]
 MEAN_RECALL = ("mean_recall", "mean of the six recalls")
 
 
+def mean_recall(metrics: dict) -> float:
+    """The mean of the six held-out recalls (i->t and t->i R@1/5/10), as a fraction."""
+    return sum(metrics[k] for k in RECALL_KEYS) / len(RECALL_KEYS)
+
+
 def _with_mean_recall(metrics: dict) -> dict:
     out = dict(metrics)
     if all(k in out for k in RECALL_KEYS):
-        out[MEAN_RECALL[0]] = sum(out[k] for k in RECALL_KEYS) / len(RECALL_KEYS)
+        out[MEAN_RECALL[0]] = mean_recall(out)
     return out
 
 
@@ -60,7 +65,8 @@ def _cell(stat: dict) -> str:
     return f"{stat['mean']:.1f}" + (f" ± {stat['sd']:.1f}" if stat.get("sd") is not None else "")
 
 
-def _diff_cell(d: dict) -> str:
+def diff_cell(d: dict) -> str:
+    """A paired difference as the tables print it: ``+0.3 [-0.4, +1.0]`` (points; no interval for one seed)."""
     if not d:
         return "–"
     if d["low"] is None:
@@ -92,7 +98,7 @@ def markdown(summary: dict, arms: Sequence[str], chance: Dict[str, float], heade
         p = summary["paired"].get(arm, {})
         main = p.get(MEAN_RECALL[0])
         wins = f"{main['wins']}/{main['n']}" if main else "–"
-        lines.append(f"| {arm} | " + " | ".join(_diff_cell(p.get(k)) for k, _ in cols)
+        lines.append(f"| {arm} | " + " | ".join(diff_cell(p.get(k)) for k, _ in cols)
                      + f" | {wins} | {main['verdict'] if main else '–'} |")
     return "\n".join(lines) + "\n"
 

@@ -31,11 +31,11 @@ ONE_THREAD = {("softlabels", s) for s in range(4, 10)} | {("mlm", 9)}
 
 
 def _mean_recall(run: dict) -> float:
-    return 100 * sum(run["eval"][k] for k in report.RECALL_KEYS) / len(report.RECALL_KEYS)
+    return 100 * report.mean_recall(run["eval"])
 
 
 def _cell(d) -> str:
-    return f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] ({d.wins}/{d.n})" if d.low is not None else f"{d.mean:+.1f} (1)"
+    return f"{report.diff_cell(d.__dict__)} ({d.wins}/{d.n})"
 
 
 def main(*retrained_files: str) -> None:
