@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,10 +163,7 @@ def _data(cfg: StudyConfig) -> dict:
 
 def _threads_line(runs: List[dict]) -> List[str]:
     """How many of the evaluated ``runs`` trained with each thread count (it decides the rounding of their sums)."""
-    counts: Dict[Optional[int], int] = {}
-    for r in runs:
-        if "eval" in r:
-            counts[r.get("threads")] = counts.get(r.get("threads"), 0) + 1
+    counts = Counter(r.get("threads") for r in runs if "eval" in r)
     if not counts:
         return []
     parts = [f"{t if t else 'not recorded'} ({n} run{'s' * (n > 1)})"
