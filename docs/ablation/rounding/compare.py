@@ -43,11 +43,12 @@ def main(*retrained_files: str) -> None:
     recorded = [{**r, "threads": 1 if (r["arm"], r["seed"]) in ONE_THREAD else 2} for r in study["runs"] if "eval" in r]
     by_key = {(r["arm"], r["seed"]): r for r in recorded}
     retrained = [r for f in retrained_files for r in json.loads(Path(f).read_text())["runs"] if "eval" in r]
-    same = [r for r in retrained if r["threads"] == by_key[r["arm"], r["seed"]]["threads"]]
+    same, other = [], []  # retrained at the recorded thread count / at the other one
+    for r in retrained:
+        (same if r["threads"] == by_key[r["arm"], r["seed"]]["threads"] else other).append(r)
     identical = [f"{r['arm']} seed {r['seed']} ({r['threads']} thread{'s' * (r['threads'] > 1)}): "
                  + ("identical" if r["eval"] == by_key[r["arm"], r["seed"]]["eval"] else "DIFFERENT") for r in same]
-    other = [r for r in retrained if r not in same]
-    controls = {}  # (arm, threads) -> {seed: retrained - recorded}
+    controls = {}  # (arm, threads) -> {seed: retrained run}
     for r in other:
         controls.setdefault((r["arm"], r["threads"]), {})[r["seed"]] = r
     # the report's tables: the study's arms with `clip` retrained at 1 thread as one more arm
