@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .fusion import FusionBlock, ImageKV
 
-__all__ = ["LightCLIPTrainCfg", "LightCLIPTrainHeads", "mask_tokens", "TOKEN_TEMPERATURES"]
+__all__ = ["LightCLIPTrainCfg", "LightCLIPTrainHeads", "mask_tokens", "max_predictions", "TOKEN_TEMPERATURES"]
 
 
 @dataclass
@@ -48,29 +48,33 @@ def mask_tokens(
         vocab_size: int = 49408,
         generator: Optional[torch.Generator] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """BERT-style masking of real word positions only.
+    """BERT's masking of real word positions only (Devlin et al. 2019, its reference ``create_pretraining_data``):
+    each text with ``n`` words gets exactly ``max(1, round(mask_prob * n))`` positions to predict, drawn uniformly.
 
-    Returns ``(selected, use_mask_embedding, input_ids)``: positions to predict (B, L bool),
-    the subset that gets the learned mask embedding, and the ids fed to the token embedding
-    (random tokens replace ``mask_rule[1]`` of the selected ones; the rest stay unchanged).
-    Every text with at least one word gets at least one selected position.
+    Returns ``(selected, use_mask_embedding, input_ids)``: positions to predict (B, L bool), the subset that gets
+    the learned mask embedding, and the ids fed to the token embedding (random tokens replace ``mask_rule[1]`` of
+    the selected ones; the rest stay unchanged). Static shapes, no host sync (``torch.compile``-friendly).
     """
     p_mask, p_random, p_keep = mask_rule
     if abs(p_mask + p_random + p_keep - 1) > 1e-6:
         raise ValueError(f"mask_rule {mask_rule} must sum to 1")
-    device = text.device
-    u = torch.rand(text.shape, generator=generator, device=device)
-    selected = (u < mask_prob) & word_mask
-    # guarantee one prediction per text that has words: its lowest-u word
-    has_words = word_mask.any(dim=1)
-    forced = torch.where(word_mask, u, torch.full_like(u, 2.0)).argmin(dim=1)
-    selected[has_words, forced[has_words]] = True
-    v = torch.rand(text.shape, generator=generator, device=device)
+    u = torch.empty_like(text, dtype=torch.float32).uniform_(generator=generator)
+    n_words = word_mask.sum(dim=1, keepdim=True)
+    n_select = torch.where(n_words > 0, torch.round(mask_prob * n_words).clamp(min=1), 0)
+    rank = torch.where(word_mask, u, 2.0).argsort(dim=1).argsort(dim=1)  # words first, in random order
+    selected = rank < n_select
+    v = torch.empty_like(text, dtype=torch.float32).uniform_(generator=generator)
     use_mask = selected & (v < p_mask)
     use_random = selected & (v >= p_mask) & (v < p_mask + p_random)
-    random_ids = torch.randint(1, vocab_size - 2, text.shape, generator=generator, device=device)
+    random_ids = torch.empty_like(text).random_(1, vocab_size - 2, generator=generator)
     input_ids = torch.where(use_random, random_ids, text)
     return selected, use_mask, input_ids
+
+
+def max_predictions(length: int, mask_prob: float) -> int:
+    """An upper bound on :func:`mask_tokens`' positions per text of ``length`` positions (at most ``length - 2``
+    words: SOT and EOT are never words), the static width of the MLM head's input."""
+    return max(1, min(length, math.floor(mask_prob * max(length - 2, 0) + 0.5) + 1))
 
 
 class LightCLIPTrainHeads(nn.Module):
@@ -120,6 +124,7 @@ class LightCLIPTrainHeads(nn.Module):
             mlm_mask: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """Masked text -> text layers, with fusion after ``fusion_layers`` -> MLM head -> per-sample CE sums."""
         cfg = self.cfg
+        given_mask = mlm_mask is not None
         if mlm_mask is None:
             mlm_mask = mask_tokens(text, word_mask, cfg.mask_prob, cfg.mask_rule, text_tower.vocab_size)
         selected, use_mask, input_ids = mlm_mask
@@ -134,9 +139,15 @@ class LightCLIPTrainHeads(nn.Module):
             if str(index) in self.fusion:
                 x = self.fusion[str(index)](x, k, v)
         x = text_tower.ln_final(x)
-        hidden = self.mlm_transform(x[selected])  # (M, W): masked positions only
+        # the head runs on a static number of positions per text (no boolean indexing: no host sync, and the
+        # per-sample sums below are deterministic where index_add is not): the selected ones first, in order
+        width = text.shape[1] if given_mask else max_predictions(text.shape[1], cfg.mask_prob)
+        positions = torch.sort((~selected).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # (B, K)
+        valid = selected.gather(1, positions)
+        hidden = self.mlm_transform(x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1])))  # (B, K, W)
         logits = F.linear(hidden, text_tower.token_embedding.weight, self.mlm_bias)
-        ce = F.cross_entropy(logits.float(), text[selected], reduction="none")
-        rows = selected.nonzero()[:, 0]
-        loss_sum = torch.zeros(text.shape[0], dtype=ce.dtype, device=text.device).index_add(0, rows, ce)
-        return {"mlm_loss_sum": loss_sum, "mlm_count": selected.sum(dim=1).to(ce.dtype)}
+        with torch.autocast(x.device.type, enabled=False):
+            ce = F.cross_entropy(logits.float().flatten(0, 1), text.gather(1, positions).flatten(),
+                                 reduction="none").view_as(valid)
+            loss_sum = (ce * valid).sum(dim=1)
+        return {"mlm_loss_sum": loss_sum, "mlm_count": selected.sum(dim=1).to(loss_sum.dtype)}
