@@ -159,10 +159,11 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     assert all(f"{r['arm']}-seed{r['seed']}" in r["cmd"] and r["train_cpu_seconds"] > 0 for r in results["runs"])
     assert [r["threads"] for r in results["runs"]] == [1] * 6  # --threads 1: recorded, as it changes the rounding
     paired = results["summary"]["paired"]
-    d = paired["all"]["mean_recall"]
+    d = paired["all"]["heldout_average"]
     assert d["n"] == 2 and d["low"] <= d["mean"] <= d["high"] and d["verdict"]
     table = (out / "results.md").read_text()
-    assert "| arm | mean of the six recalls | i→t R@1 |" in table and "| *chance* |" in table
+    assert "| arm | held-out average (primary) | retrieval mean | zero-shot mean | i→t R@1 |" in table
+    assert "| *chance* |" in table and results["primary"] == "heldout_average"
     assert "Threads per run: 1 (6 runs)." in table
     assert re.search(r"\| all \| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \|", table)
     assert (out / "results.png").stat().st_size > 10_000
@@ -297,9 +298,10 @@ def test_report_table_by_hand():
              "eval": {k: v for k in report.RECALL_KEYS}} for a, vals in (("clip", (0.1, 0.2, 0.3)),
                                                                       ("x", (0.2, 0.4, 0.3))) for s, v in enumerate(vals)]
     summary = report.summarize_runs(runs, ["clip", "x"], "clip")
-    assert summary["arms"]["clip"]["mean_recall"]["mean"] == pytest.approx(20.0)
-    assert summary["arms"]["clip"]["mean_recall"]["sd"] == pytest.approx(10.0)
-    d = summary["paired"]["x"]["mean_recall"]  # differences 10, 20, 0 points
+    assert summary["arms"]["clip"]["retrieval_mean"]["mean"] == pytest.approx(20.0)
+    assert summary["arms"]["clip"]["retrieval_mean"]["sd"] == pytest.approx(10.0)
+    assert summary["arms"]["clip"]["heldout_average"] == summary["arms"]["clip"]["retrieval_mean"]  # no zero-shot
+    d = summary["paired"]["x"]["heldout_average"]  # differences 10, 20, 0 points
     assert d["mean"] == pytest.approx(10.0) and d["wins"] == 2 and d["n"] == 3
     text = report.markdown(summary, ["clip", "x"], {}, ["# t"])
     assert "| clip (baseline) | 20.0 ± 10.0 |" in text and "| x | +10.0 [-14.8, +34.8] |" in text

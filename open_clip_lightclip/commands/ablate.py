@@ -10,6 +10,9 @@ same model, data and budget, evaluate each final checkpoint on the held-out spli
 clip_benchmark's metrics (image->text and text->image recall@1/5/10, zero-shot top-1 over
 the held-out categories and Fashion-MNIST), and compare each arm with the baseline paired
 by seed: mean ± sd per arm, the paired difference with a 95% t interval and the seeds won.
+The verdict is on the primary metric, declared before the runs (--primary; default the
+held-out average: the mean of every recall and zero-shot top-1), with the retrieval mean
+and the zero-shot mean beside it.
 Writes OUT/results.md, OUT/results.json and OUT/results.png (forest plot) after every run.
 Resumable: run the same command again and finished runs are reused; an interrupted run's
 folder is moved aside, never deleted."""
@@ -82,6 +85,11 @@ def add_study_args(p: argparse.ArgumentParser, out: str, seeds, image_size_help:
                    help="extra flags for open_clip_train.main for every arm, before the arm's own "
                         "(e.g. '--device cuda --precision amp')")
     p.add_argument("--no-apt", action="store_true", help="never run apt-get; just say what to install")
+    p.add_argument("--primary", default="heldout_average", metavar="KEY",
+                   help="the primary metric, declared before the runs: the seeds won and the verdicts are on it "
+                        "(heldout_average: the mean of every retrieval recall and zero-shot top-1 a run has; or "
+                        "retrieval_mean, zeroshot_mean, or one metric: i2t_R@1 ... t2i_R@10, clipart_zeroshot, "
+                        "fashion_mnist_zeroshot)")
 
 
 def study_config(args: argparse.Namespace, tag: str, default_image_size: int):
@@ -94,7 +102,7 @@ def study_config(args: argparse.Namespace, tag: str, default_image_size: int):
         fashion_mnist_samples=args.fashion_mnist_samples, fashion_mnist_dir=args.fashion_mnist_dir,
         threads=args.threads, parallel=args.parallel, build_workers=args.build_workers, log_every=args.log_every,
         trainer_args=args.trainer_args, no_apt=args.no_apt, tag=tag, command_line=_command_line(args, tag),
-        default_image_size=default_image_size)
+        default_image_size=default_image_size, primary=args.primary)
 
 
 def parse_arms(items, registered):
@@ -125,10 +133,29 @@ def run_with_arms(args: argparse.Namespace, tag: str, arms, baseline, default_im
         return 2
 
 
+def _rereport(args: argparse.Namespace) -> int:
+    """``--from-results``: report a results.json's recorded runs again (under ``--primary``), training nothing."""
+    from ..studies.arms import StudyError
+    from ..studies.study import rereport
+
+    try:
+        if args.arms or args.arms_file or args.baseline:
+            raise StudyError("--from-results reports the arms and baseline of its results.json: leave out --arms, "
+                             "--arms-file and --baseline")
+        text = rereport(args.from_results, args.primary, args.report_dir, _command_line(args, "ablate"))
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from ..losses import list_losses
     from ..studies.arms import StudyError, read_arms_file
 
+    if args.from_results:
+        return _rereport(args)
     try:
         arms, baseline = [], args.baseline
         if args.arms_file:
@@ -151,6 +178,10 @@ def register(sub) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: report the runs already recorded with each arm's settings (e.g. the same "
                         "study against another baseline, or a subset of its arms); missing runs are listed")
+    p.add_argument("--from-results", default=None, metavar="RESULTS_JSON",
+                   help="train nothing and need no data or run folders: report the runs recorded in a study's "
+                        "results.json again (e.g. under another --primary), to --report-dir (default: its folder); "
+                        "implies --report-only")
     add_study_args(p, out="ablate_out", seeds=(0, 1, 2),
                    image_size_help="image size in px: shards are resized once to it, training uses "
                                    "--force-image-size (default 128: a 4x4 last feature map, or the size of --data)")

@@ -1,11 +1,19 @@
-"""Reports of a study: per-arm mean ± sd, paired differences to the baseline with 95% CIs, a forest plot."""
-from pathlib import Path
-from typing import Dict, Sequence
+"""Reports of a study: per-arm mean ± sd, paired differences to the baseline with 95% CIs, a forest plot.
 
+Every table leads with the study's primary metric, declared before the runs (default: the held-out average,
+the mean of every retrieval recall and zero-shot top-1 a run has, as DataComp averages its tasks); the
+retrieval mean and the zero-shot mean stand beside it. The seeds won and the verdict are on the primary.
+"""
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .arms import StudyError
 from .stats import PairedDiff, mean_sd, paired_difference
 
-__all__ = ["METRICS", "RECALL_KEYS", "MEAN_RECALL", "mean_recall", "summarize_runs", "markdown", "diff_cell",
-           "forest_plot", "chance_levels", "PairedDiff"]
+__all__ = ["METRICS", "RECALL_KEYS", "ZEROSHOT_KEYS", "AGGREGATES", "PRIMARY_CHOICES", "DEFAULT_PRIMARY",
+           "aggregate", "mean_recall", "check_primary", "metric_title", "describe_primary", "column_keys",
+           "summarize_runs", "markdown", "diff_cell", "forest_plot", "chance_levels", "chance_from_runs",
+           "PairedDiff"]
 
 METRICS = [  # (key, column title)
     ("i2t_R@1", "i→t R@1"), ("i2t_R@5", "i→t R@5"), ("i2t_R@10", "i→t R@10"),
@@ -13,29 +21,75 @@ METRICS = [  # (key, column title)
     ("clipart_zeroshot", "clip-art zero-shot"), ("fashion_mnist_zeroshot", "Fashion-MNIST zero-shot"),
 ]
 RECALL_KEYS = [k for k, _ in METRICS[:6]]
-MEAN_RECALL = ("mean_recall", "mean of the six recalls")
+ZEROSHOT_KEYS = [k for k, _ in METRICS[6:]]
+AGGREGATES = {  # key: (column title, the metrics it averages, each one a run has)
+    "heldout_average": ("held-out average", RECALL_KEYS + ZEROSHOT_KEYS),
+    "retrieval_mean": ("retrieval mean", RECALL_KEYS),
+    "zeroshot_mean": ("zero-shot mean", ZEROSHOT_KEYS),
+}
+PRIMARY_CHOICES = [*AGGREGATES, *(k for k, _ in METRICS)]
+DEFAULT_PRIMARY = "heldout_average"
+
+
+def aggregate(metrics: dict, key: str) -> Optional[float]:
+    """An aggregate of :data:`AGGREGATES` over the metrics ``metrics`` has (fractions); None if it has none."""
+    present = [metrics[k] for k in AGGREGATES[key][1] if k in metrics]
+    return sum(present) / len(present) if present else None
 
 
 def mean_recall(metrics: dict) -> float:
-    """The mean of the six held-out recalls (i->t and t->i R@1/5/10), as a fraction."""
+    """The mean of the six held-out recalls (i->t and t->i R@1/5/10), as a fraction: the retrieval mean."""
     return sum(metrics[k] for k in RECALL_KEYS) / len(RECALL_KEYS)
 
 
-def _with_mean_recall(metrics: dict) -> dict:
+def check_primary(key: str) -> str:
+    """``key`` if it names a primary metric, else a one-line :class:`StudyError` naming the choices."""
+    if key not in PRIMARY_CHOICES:
+        raise StudyError(f"--primary {key!r}: not a metric of the study; choose one of {', '.join(PRIMARY_CHOICES)}")
+    return key
+
+
+def metric_title(key: str) -> str:
+    """The column title of a metric or an aggregate."""
+    return AGGREGATES[key][0] if key in AGGREGATES else dict(METRICS)[key]
+
+
+def describe_primary(key: str) -> str:
+    """One line saying what the primary metric is."""
+    if key == "heldout_average":
+        return ("the held-out average (the mean of every retrieval recall and every zero-shot top-1 a run has, as "
+                "DataComp averages its tasks)")
+    if key == "retrieval_mean":
+        return "the retrieval mean (the mean of the six recalls: i→t and t→i R@1/5/10)"
+    if key == "zeroshot_mean":
+        return "the zero-shot mean (the mean of the zero-shot top-1s a run has: clip art, Fashion-MNIST)"
+    return f"{metric_title(key)} (`{key}`)"
+
+
+def column_keys(primary: str) -> List[str]:
+    """Every column a report can have: the primary first, then the aggregates, then the single metrics."""
+    return [primary] + [k for k in [*AGGREGATES, *(k for k, _ in METRICS)] if k != primary]
+
+
+def _with_aggregates(metrics: dict) -> dict:
     out = dict(metrics)
-    if all(k in out for k in RECALL_KEYS):
-        out[MEAN_RECALL[0]] = mean_recall(out)
+    for key in AGGREGATES:
+        value = aggregate(metrics, key)
+        if value is not None:
+            out[key] = value
     return out
 
 
-def summarize_runs(runs: Sequence[dict], arms: Sequence[str], baseline: str) -> dict:
-    """``{"arms": {arm: {metric: {mean, sd, n}}}, "paired": {arm: {metric: PairedDiff as dict}}}`` (values in %)."""
+def summarize_runs(runs: Sequence[dict], arms: Sequence[str], baseline: str, primary: str = DEFAULT_PRIMARY) -> dict:
+    """``{"arms": {arm: {metric: {mean, sd, n}}}, "paired": {arm: {metric: PairedDiff as dict}}, "primary": key}``
+    (values in %; the metrics and the aggregates of :data:`AGGREGATES`, the primary first)."""
+    check_primary(primary)
     by_arm: Dict[str, Dict[int, dict]] = {a: {} for a in arms}
     for r in runs:
         if "eval" in r and r["arm"] in by_arm:
-            by_arm[r["arm"]][r["seed"]] = _with_mean_recall(r["eval"])
-    keys = [MEAN_RECALL[0]] + [k for k, _ in METRICS]
-    summary: dict = {"arms": {}, "paired": {}, "baseline": baseline}
+            by_arm[r["arm"]][r["seed"]] = _with_aggregates(r["eval"])
+    keys = column_keys(primary)
+    summary: dict = {"arms": {}, "paired": {}, "baseline": baseline, "primary": primary}
     for arm in arms:
         summary["arms"][arm] = {}
         for key in keys:
@@ -56,6 +110,7 @@ def summarize_runs(runs: Sequence[dict], arms: Sequence[str], baseline: str) -> 
             d = paired_difference(a, b)
             if d is not None:
                 summary["paired"][arm][key] = {**d.__dict__, "verdict": d.verdict}
+    summary["metrics_present"] = [k for k, _ in METRICS if any(k in m for ms in by_arm.values() for m in ms.values())]
     return summary
 
 
@@ -74,49 +129,69 @@ def diff_cell(d: dict) -> str:
     return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
 
 
+def _columns_note(summary: dict) -> str:
+    """What the aggregate columns average, over the metrics these runs have."""
+    present = summary.get("metrics_present", [k for k, _ in METRICS])
+    zeroshot = [metric_title(k) for k in ZEROSHOT_KEYS if k in present]
+    missing = [metric_title(k) for k, _ in METRICS if k not in present]
+    n_recalls = sum(k in present for k in RECALL_KEYS)
+    parts = ([f"{n_recalls} retrieval recalls"] if n_recalls else []) + [f"{t} top-1" for t in zeroshot]
+    note = (f"Columns: held-out average = the mean of the {len(present)} metrics these runs have "
+            f"({', '.join(parts)}); retrieval mean = the mean of the six recalls; zero-shot mean = the mean of "
+            + (f"the zero-shot top-1s ({', '.join(zeroshot)})" if zeroshot else "the zero-shot top-1s (none measured)"))
+    if missing:
+        note += f". Not measured in these runs, so in no average: {', '.join(missing)}"
+    return note + f". Primary: {metric_title(summary['primary'])}."
+
+
 def markdown(summary: dict, arms: Sequence[str], chance: Dict[str, float], header: Sequence[str]) -> str:
-    """The study's ``results.md``: ``header`` lines, the per-arm table, the paired-difference table."""
-    baseline = summary["baseline"]
-    cols = [MEAN_RECALL] + [m for m in METRICS if any(m[0] in summary["arms"][a] for a in arms)]
-    lines = [*header, "", "Per arm, % (mean ± sd over seeds):", "",
-             "| arm | " + " | ".join(t for _, t in cols) + " | train time (s) |",
+    """The study's ``results.md``: ``header`` lines, the per-arm table, the paired-difference table (the primary
+    metric first; wins and verdict on it)."""
+    baseline, primary = summary["baseline"], summary.get("primary", DEFAULT_PRIMARY)
+    cols = [k for k in column_keys(primary) if any(k in summary["arms"][a] for a in arms)] or [primary]
+    titles = [metric_title(k) + (" (primary)" if k == primary else "") for k in cols]
+    name = metric_title(primary)
+    lines = [*header, "", _columns_note(summary), "", "Per arm, % (mean ± sd over seeds):", "",
+             "| arm | " + " | ".join(titles) + " | train time (s) |",
              "|---|" + "---|" * (len(cols) + 1)]
     for arm in arms:
         s = summary["arms"][arm]
         time_cell = f"{s['train_seconds']['mean']:.0f}" if "train_seconds" in s else "–"
         lines.append(f"| {arm}{' (baseline)' if arm == baseline else ''} | "
-                     + " | ".join(_cell(s.get(k)) for k, _ in cols) + f" | {time_cell} |")
+                     + " | ".join(_cell(s.get(k)) for k in cols) + f" | {time_cell} |")
     if chance:
-        lines.append("| *chance* | " + " | ".join(f"{chance[k]:.1f}" if k in chance else "" for k, _ in cols) + " | |")
+        lines.append("| *chance* | " + " | ".join(f"{chance[k]:.1f}" if k in chance else "" for k in cols) + " | |")
     lines += ["", f"Paired difference to `{baseline}`, points (mean [95% CI over seeds], t interval); "
-                  "wins = seeds where the arm scored higher:", "",
-              "| arm | " + " | ".join(t for _, t in cols) + " | wins (mean recall) | verdict (mean recall) |",
+                  f"wins = seeds where the arm scored higher; wins and verdict on the primary metric, {name}:", "",
+              "| arm | " + " | ".join(titles) + f" | wins ({name}) | verdict ({name}) |",
               "|---|" + "---|" * (len(cols) + 2)]
     for arm in arms:
         if arm == baseline:
             continue
         p = summary["paired"].get(arm, {})
-        main = p.get(MEAN_RECALL[0])
+        main = p.get(primary)
         wins = f"{main['wins']}/{main['n']}" if main else "–"
-        lines.append(f"| {arm} | " + " | ".join(diff_cell(p.get(k)) for k, _ in cols)
+        lines.append(f"| {arm} | " + " | ".join(diff_cell(p.get(k)) for k in cols)
                      + f" | {wins} | {main['verdict'] if main else '–'} |")
     return "\n".join(lines) + "\n"
 
 
 def forest_plot(path: Path, summary: dict, arms: Sequence[str], title: str) -> None:
-    """One panel per metric: each arm's paired difference to the baseline with its 95% CI, and a zero line."""
+    """One panel per metric, the primary first: each arm's paired difference to the baseline with its 95% CI,
+    and a zero line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     others = [a for a in arms if a != summary["baseline"]]
-    keys = [MEAN_RECALL] + [m for m in METRICS if any(m[0] in summary["paired"].get(a, {}) for a in others)]
+    primary = summary.get("primary", DEFAULT_PRIMARY)
+    keys = [k for k in column_keys(primary) if any(k in summary["paired"].get(a, {}) for a in others)] or [primary]
     ncols = min(3, len(keys))
     nrows = (len(keys) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 0.5 * len(others) * nrows + 1.6 * nrows),
                              squeeze=False)
-    for ax, (key, label) in zip(axes.flat, keys):
+    for ax, key in zip(axes.flat, keys):
         for y, arm in enumerate(others):
             d = summary["paired"].get(arm, {}).get(key)
             if not d:
@@ -130,7 +205,8 @@ def forest_plot(path: Path, summary: dict, arms: Sequence[str], title: str) -> N
         ax.set_yticks(range(len(others)))
         ax.set_yticklabels(others)
         ax.invert_yaxis()
-        ax.set_title(label, fontsize=10)
+        ax.set_title(metric_title(key) + (" (primary)" if key == primary else ""), fontsize=10,
+                     fontweight="bold" if key == primary else "normal")
         ax.set_xlabel(f"points vs {summary['baseline']}")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
@@ -141,14 +217,26 @@ def forest_plot(path: Path, summary: dict, arms: Sequence[str], title: str) -> N
     plt.close(fig)
 
 
-def chance_levels(data: dict) -> Dict[str, float]:
-    """Recall@k and zero-shot accuracy of a random ranking / guess, in %."""
-    n = len(data["images"])
-    out = {f"{d}_R@{k}": 100 * min(k, n) / n for d in ("i2t", "t2i") for k in (1, 5, 10)}
-    out[MEAN_RECALL[0]] = sum(out[k] for k in RECALL_KEYS) / len(RECALL_KEYS)
-    if data.get("classes"):
-        out["clipart_zeroshot"] = 100 / len(data["classes"])
-    if "fashion" in data:
+def _chance(n_images: int, n_classes: Optional[int], fashion: bool) -> Dict[str, float]:
+    out = {f"{d}_R@{k}": 100 * min(k, n_images) / n_images for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    if n_classes:
+        out["clipart_zeroshot"] = 100 / n_classes
+    if fashion:
         out["fashion_mnist_zeroshot"] = 10.0
-    return out
+    return _with_aggregates(out)
 
+
+def chance_levels(data: dict) -> Dict[str, float]:
+    """Recall@k and zero-shot accuracy of a random ranking / guess, and their aggregates, in %."""
+    return _chance(len(data["images"]), len(data.get("classes") or ()), "fashion" in data)
+
+
+def chance_from_runs(runs: Sequence[dict]) -> Dict[str, float]:
+    """:func:`chance_levels` from recorded evaluations (their ``heldout_images``, ``clipart_classes``); {} if none
+    says how many images it ranked."""
+    for r in runs:
+        e = r.get("eval", {})
+        if e.get("heldout_images"):
+            return _chance(e["heldout_images"], e.get("clipart_classes") if "clipart_zeroshot" in e else None,
+                           "fashion_mnist_zeroshot" in e)
+    return {}

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -27,7 +27,7 @@ from .arms import Arm, StudyError, check_arms, check_cached_shards, idle_flags
 from .evaluate import evaluate_checkpoint, load_eval_data
 from .runs import cpu_seconds, finished_run, log, move_aside, read_curves, same_settings, train
 
-__all__ = ["StudyConfig", "run_study", "prepare_clipart_shards", "APT_LINE"]
+__all__ = ["StudyConfig", "run_study", "rereport", "prepare_clipart_shards", "APT_LINE"]
 
 APT_LINE = "apt-get install -y openclipart-png openclipart-svg dataset-fashion-mnist"
 
@@ -58,6 +58,7 @@ class StudyConfig:
     tag: str = "study"
     command_line: str = ""
     default_image_size: int = 128
+    primary: str = report.DEFAULT_PRIMARY  # the metric the verdicts are on, declared before the runs
     extra_notes: List[str] = field(default_factory=list)
 
     @property
@@ -172,6 +173,11 @@ def _threads_line(runs: List[dict]) -> List[str]:
             "bit; another thread count rounds in another order and trains another draw of the run."]
 
 
+def _primary_line(primary: str) -> str:
+    return (f"Primary metric, declared before the runs: {report.describe_primary(primary)}; the retrieval mean and "
+            "the zero-shot mean beside it. The seeds won and the verdicts are on the primary.")
+
+
 def _header(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, wall: float, runs: List[dict]) -> List[str]:
     lines = [
         f"# open-clip-lightclip {cfg.tag} results", "",
@@ -181,6 +187,7 @@ def _header(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline: str, w
         f"Data: {info['written']['train']} train / {info['written']['heldout']} held-out captioned images "
         f"({info.get('source') or 'shards'}). Metrics: clip_benchmark's zero-shot retrieval (recall@k) and "
         "classification (top-1) on the held-out split.",
+        _primary_line(cfg.primary),
         "", "Arms (trainer flags after the common ones):", "",
     ]
     lines += [f"- `{a.name}`{' (baseline)' if a.name == baseline else ''}: `{a.command_text or '(none)'}`"
@@ -199,19 +206,22 @@ def _write_results(cfg: StudyConfig, info: dict, arms: Dict[str, Arm], baseline:
     out = cfg.reports
     out.mkdir(parents=True, exist_ok=True)
     names = list(arms)
-    summary = report.summarize_runs(runs, names, baseline)
+    summary = report.summarize_runs(runs, names, baseline, cfg.primary)
     chance = report.chance_levels(data) if data else {}
     text = report.markdown(summary, names, chance,
                            _header(cfg, info, arms, baseline, time.time() - start, runs))
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(
-        {"config": asdict(cfg), "baseline": baseline, "arms": {a.name: list(a.flags) for a in arms.values()},
-         "runs": runs, "summary": summary}, indent=1, default=str))
+        {"config": asdict(cfg), "baseline": baseline, "primary": cfg.primary,
+         "arms": {a.name: list(a.flags) for a in arms.values()}, "runs": runs, "summary": summary}, indent=1, default=str))
     if any("eval" in r for r in runs) and len(names) > 1:
-        report.forest_plot(out / "results.png", summary, names,
-                           f"{cfg.model}, {cfg.image_size} px, {cfg.epochs}x{cfg.steps_per_epoch} steps of "
-                           f"{cfg.batch_size}, seeds {' '.join(map(str, cfg.seeds))}")
+        report.forest_plot(out / "results.png", summary, names, _plot_title(cfg))
     return text
+
+
+def _plot_title(cfg: StudyConfig) -> str:
+    return (f"{cfg.model}, {cfg.image_size} px, {cfg.epochs}x{cfg.steps_per_epoch} steps of {cfg.batch_size}, "
+            f"seeds {' '.join(map(str, cfg.seeds))}")
 
 
 def recorded_runs(*paths: Path) -> List[dict]:
@@ -336,6 +346,7 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
     """Check everything, then train, evaluate and report every (seed, arm); 0 on success. ``report_only``: train
     nothing, report the runs recorded with each arm's settings."""
     start = time.time()
+    report.check_primary(cfg.primary)
     if cfg.parallel < 1:
         raise StudyError(f"--parallel {cfg.parallel}: give the number of runs to train at once, 1 or more")
     out = Path(cfg.out)
@@ -426,3 +437,73 @@ def run_study(cfg: StudyConfig, arms: Sequence[Arm], baseline: Optional[str], re
     log(f"wrote {cfg.reports / 'results.md'}, {cfg.reports / 'results.json'}, {cfg.reports / 'results.png'} in "
         f"{(time.time() - start) / 60:.1f} min", cfg.tag)
     return 0
+
+
+# ---------------------------------------------------------------- re-reporting recorded runs
+
+REREPORTED = "Re-reported from the recorded metrics"
+
+
+def _recorded_header(md: Path, cfg: StudyConfig, arms: Dict[str, list], baseline: str) -> List[str]:
+    """The header of an earlier ``results.md`` (less the lines a re-report writes), else one built from the config."""
+    if md.is_file():
+        lines = md.read_text().splitlines()
+        end = next((i for i, line in enumerate(lines) if line.startswith(("Columns: ", "Per arm, %"))), len(lines))
+        lines = [line for line in lines[:end] if not line.startswith(("Primary metric", REREPORTED))]
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return lines
+    return [f"# open-clip-lightclip {cfg.tag} results", "",
+            f"Model `{cfg.model}` at {cfg.image_size} px; every arm: {cfg.epochs} epochs x {cfg.steps_per_epoch} steps, "
+            f"batch {cfg.batch_size}, lr {cfg.lr}, warmup {cfg.warmup}; seeds {', '.join(map(str, cfg.seeds))} (paired).",
+            "", "Arms (trainer flags after the common ones):", "",
+            *[f"- `{name}`{' (baseline)' if name == baseline else ''}: `{shlex.join(map(str, flags)) or '(none)'}`"
+              for name, flags in arms.items()],
+            "", f"Command: `{cfg.command_line}`"]
+
+
+def rereport(results: Path, primary: str = report.DEFAULT_PRIMARY, report_dir: Optional[Path] = None,
+             command_line: str = "") -> str:
+    """Report the evaluated runs of a study's ``results.json`` again under ``primary``, from their recorded metrics:
+    no run folder, data or training needed. Writes ``results.md``, ``results.json`` (config, arms and runs as
+    recorded) and ``results.png`` to ``report_dir`` (default: the file's folder); returns the text of results.md."""
+    report.check_primary(primary)
+    results = Path(results)
+    if not results.is_file():
+        raise StudyError(f"{results}: no such file (give a study's results.json)")
+    try:
+        recorded = json.loads(results.read_text())
+    except json.JSONDecodeError as e:
+        raise StudyError(f"{results}: not JSON ({e})") from e
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("runs"), list) \
+            or not isinstance(recorded.get("arms"), dict) or recorded.get("baseline") not in recorded["arms"]:
+        raise StudyError(f"{results}: not the results.json of `ablate` (it needs its arms, baseline and runs)")
+    known = {f.name for f in fields(StudyConfig)}
+    cfg = StudyConfig(**{k: v for k, v in recorded.get("config", {}).items() if k in known})
+    cfg.primary = primary
+    names, baseline, runs = list(recorded["arms"]), recorded["baseline"], recorded["runs"]
+    out = Path(report_dir) if report_dir else results.parent
+    out.mkdir(parents=True, exist_ok=True)
+    summary = report.summarize_runs(runs, names, baseline, primary)
+    # the metric the runs were first reported on (ablate reported on the retrieval mean before it had --primary)
+    first = recorded.get("rereported", {}).get("first_primary") or recorded.get("primary", "retrieval_mean")
+    evaluated = sum("eval" in r for r in runs)
+    header = _recorded_header(out / "results.md" if (out / "results.md").is_file() else results.parent / "results.md",
+                              cfg, recorded["arms"], baseline)
+    note = (f"{REREPORTED} of the {evaluated} evaluated runs in `{results.name}` (nothing retrained) on "
+            f"{time.strftime('%Y-%m-%d')}" + (f": `{command_line}`" if command_line else "") + ".")
+    if first != primary:
+        note += (f" These runs were first reported with their verdicts on the {report.metric_title(first)}"
+                 + (" (then called the mean of the six recalls)" if first == "retrieval_mean" else "")
+                 + "; the primary metric above was chosen after they were trained.")
+    primary_line = (f"Primary metric: {report.describe_primary(primary)}; the retrieval mean and the zero-shot mean "
+                    "beside it. The seeds won and the verdicts are on the primary.")
+    text = report.markdown(summary, names, report.chance_from_runs(runs), [*header, "", primary_line, note])
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(
+        {**{k: v for k, v in recorded.items() if k not in ("primary", "summary", "rereported")}, "primary": primary,
+         "summary": summary, "rereported": {"date": time.strftime("%Y-%m-%d"), "command": command_line,
+                                            "first_primary": first}}, indent=1, default=str))
+    if evaluated and len(names) > 1:
+        report.forest_plot(out / "results.png", summary, names, _plot_title(cfg))
+    return text
