@@ -212,7 +212,7 @@ def forest_plot(path: Path, summary: dict, arms: Sequence[str], title: str) -> N
         ax.axis("off")
     fig.suptitle(title + "\n(dot: mean paired difference; bar: 95% CI over seeds; green/red: CI excludes 0)",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))  # 0.7 in for the two-line title
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
