@@ -13,6 +13,7 @@ results.json and results.png next to this file with `ablate`'s own report functi
         --baseline softlabels-mlm --seeds 0 --threads 2 --out study/aa3 --data study/core/data
     open-clip-lightclip ablate --arms clip --baseline clip --seeds 0 --threads 2 --out study/aa0 --data study/core/data
     python docs/ablation/rounding/compare.py study/aa*/results.json
+    python docs/ablation/rounding/compare.py  # again from the retrained runs recorded in results.json
 """
 import json
 import sys
@@ -30,8 +31,12 @@ STUDY = HERE.parent / "all10" / "results.json"  # clip, softlabels, mlm, softlab
 ONE_THREAD = {("softlabels", s) for s in range(4, 10)} | {("mlm", 9)}
 
 
-def _mean_recall(run: dict) -> float:
-    return 100 * report.mean_recall(run["eval"])
+PRIMARY = report.DEFAULT_PRIMARY  # the metric of the controls' tables: ablate's primary (the held-out average)
+TITLE = report.metric_title(PRIMARY).capitalize()
+
+
+def _primary(run: dict) -> float:
+    return 100 * report.aggregate(run["eval"], PRIMARY)
 
 
 def _cell(d) -> str:
@@ -42,7 +47,8 @@ def main(*retrained_files: str) -> None:
     study = json.loads(STUDY.read_text())
     recorded = [{**r, "threads": 1 if (r["arm"], r["seed"]) in ONE_THREAD else 2} for r in study["runs"] if "eval" in r]
     by_key = {(r["arm"], r["seed"]): r for r in recorded}
-    retrained = [r for f in retrained_files for r in json.loads(Path(f).read_text())["runs"] if "eval" in r]
+    retrained = [r for f in retrained_files for r in json.loads(Path(f).read_text())["runs"] if "eval" in r] \
+        if retrained_files else json.loads((HERE / "results.json").read_text())["retrained"]  # as recorded here
     same, other = [], []  # retrained at the recorded thread count / at the other one
     for r in retrained:
         (same if r["threads"] == by_key[r["arm"], r["seed"]]["threads"] else other).append(r)
@@ -54,34 +60,36 @@ def main(*retrained_files: str) -> None:
     # the report's tables: the study's arms with `clip` retrained at 1 thread as one more arm
     control = [{**r, "arm": "clip-1thread"} for r in other if r["arm"] == "clip" and r["threads"] == 1]
     arms = ["clip", "clip-1thread"] + [a for a in study["arms"] if a != "clip"]
-    summary = report.summarize_runs(recorded + control, arms, "clip")
+    summary = report.summarize_runs(recorded + control, arms, "clip", PRIMARY)
     lines = [
         "# Rounding controls: runs of the 10-seed study retrained with another thread count",
         "",
         "Same seed, settings, initial weights and data order; only the rounding order of sums differs. "
-        f"Date: {time.strftime('%Y-%m-%d')}; the commands are in `compare.py`.",
+        f"Date: {time.strftime('%Y-%m-%d')}; the commands are in `compare.py`. The tables are on the "
+        f"{TITLE.lower()}, the primary metric of `ablate`, declared after these runs (they were first reported on "
+        "the mean of the six recalls, now the retrieval mean column); the retrained runs' records are in results.json.",
         "",
         "Retrained at the recorded thread count (must equal the record bit for bit): " + "; ".join(identical) + ".",
         "",
-        "Mean of the six recalls, retrained at the other thread count minus the record (wins/seeds):",
+        f"{TITLE}, retrained at the other thread count minus the record (wins/seeds):",
         "",
         "| arm | retrained with | seeds | difference | sd of the per-seed difference |",
         "|---|---|---|---|---|",
     ]
     for (arm, threads), runs in sorted(controls.items()):
-        d = paired_difference({s: _mean_recall(r) for s, r in runs.items()},
-                              {s: _mean_recall(by_key[arm, s]) for s in runs})
+        d = paired_difference({s: _primary(r) for s, r in runs.items()},
+                              {s: _primary(by_key[arm, s]) for s in runs})
         sd = f"{d.sd:.2f}" if d.sd is not None else "-"
         lines.append(f"| {arm} | {threads} thread{'s' * (threads > 1)} | {', '.join(map(str, sorted(runs)))} | "
                      f"{_cell(d)} | {sd} |")
-    clip = {(r["threads"], r["seed"]): _mean_recall(r) for r in recorded + other if r["arm"] == "clip"}
-    lines += ["", "Each arm against `clip`, mean of the six recalls (wins/seeds), as the study paired them and with "
+    clip = {(r["threads"], r["seed"]): _primary(r) for r in recorded + other if r["arm"] == "clip"}
+    lines += ["", f"Each arm against `clip`, {TITLE.lower()} (wins/seeds), as the study paired them and with "
               "each run paired with the `clip` run of its own thread count:", "",
               "| arm | its runs with 1 thread | to `clip` as recorded (2 threads) | to `clip` at the same thread count "
               "| sd of the per-seed difference, as recorded |", "|---|---|---|---|---|"]
     for arm in arms[2:]:
         own = {r["seed"]: r for r in recorded if r["arm"] == arm}
-        values = {s: _mean_recall(r) for s, r in own.items()}
+        values = {s: _primary(r) for s, r in own.items()}
         as_recorded = paired_difference(values, {s: clip[2, s] for s in own})
         matched = paired_difference(values, {s: clip[r["threads"], s] for s, r in own.items()})
         ones = ", ".join(str(s) for s, r in sorted(own.items()) if r["threads"] == 1) or "none"
