@@ -32,11 +32,12 @@ def _data():
 def _term(term, rank, world, gather_with_grad, local_loss, part):
     flags = dict(rank=rank, world_size=world, gather_with_grad=gather_with_grad, local_loss=local_loss)
     scale = torch.tensor(6.0, dtype=torch.float64)
-    if term in ("instance", "token", "mlm", "token_hard"):
+    if term in ("instance", "token", "mlm", "token_hard", "token_local"):
         weights = {t: float(term.startswith(t)) for t in ("instance", "token", "mlm")}
         loss = LightCLIPLoss(instance_weight=weights["instance"], token_weight=weights["token"],
                              mlm_weight=weights["mlm"], soft_label_max=0.2, matching="sinkhorn", progress=PROGRESS,
-                             token_negatives=50 if term == "token_hard" else 0, **flags)
+                             token_negatives=50 if term == "token_hard" else 0,
+                             token_scope="local" if term == "token_local" else "global", **flags)
         return loss(**part, logit_scale=scale, output_dict=True)[f"{term.split('_')[0]}_loss"]
     if term == "jsd":
         return ClipLiteLoss(seed=7, **flags)(part["image_features"], part["text_features"], scale, output_dict=True)[
@@ -46,6 +47,11 @@ def _term(term, rank, world, gather_with_grad, local_loss, part):
     loss = ClipLiteLoss(prior=prior, prior_weight=1.0, **flags)
     return loss.prior_term(part["image_features"], part["text_features"]) if world == 1 else \
         loss(part["image_features"], part["text_features"], scale, output_dict=True)["cliplite_prior"]
+
+
+def _piece(data, rank, world):
+    n = data["image_features"].shape[0] // world
+    return {k: v[rank * n:(rank + 1) * n].clone() for k, v in data.items()}
 
 
 def _grads(term, rank, world, gather_with_grad, local_loss, data):
@@ -63,6 +69,10 @@ def _rank_fn(rank, world, data):
     for gwg, local in COMBOS:
         for term in TERMS:
             out[(gwg, local, term)] = _grads(term, rank, world, gwg, local, data)
+        for piece in range(world):  # the local token scope on each rank's own batch, in one process
+            out[("token_local_ref", piece)] = _grads("token_local", 0, 1, False, False, _piece(data, piece, world))
+        for gwg2, local2 in COMBOS:
+            out[(gwg2, local2, "token_local")] = _grads("token_local", rank, world, gwg2, local2, data)
         if not gwg and local:  # upstream's ClipLoss under the same flags, for the instance term
             from open_clip.loss import ClipLoss
 
@@ -100,6 +110,20 @@ def test_every_term_is_the_same_fraction_of_the_single_process_gradient(results,
         # each rank logs the global value; under --local-loss a contrastive term's rows are its own: the mean is
         per_rank_rows = local_loss and term != "mlm"
         torch.testing.assert_close(logged.mean() if per_rank_rows else logged[0], value, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("gather_with_grad, local_loss", COMBOS)
+def test_local_token_scope_scales_like_the_instance_term(results, gather_with_grad, local_loss):
+    """--lightclip-token-scope local: each rank's own batch is its term; after DDP's averaging its gradient is the
+    same fraction of the one-process gradient of those per-rank terms (averaged) as the instance term's, so it
+    does not grow W-fold against the instance term under the default flags (it did: 1.0 where the instance
+    term had 1/W)."""
+    _, ranks = results
+    fraction = 1 / W if not (gather_with_grad or local_loss) else 1.0
+    for name in ("image_tokens", "text_tokens"):
+        reference = torch.cat([ranks[0][("token_local_ref", r)][1][name] for r in range(W)]) / W
+        torch.testing.assert_close(_applied(ranks, (gather_with_grad, local_loss, "token_local"), name),
+                                   fraction * reference, rtol=1e-7, atol=1e-9, msg=name)
 
 
 def test_mlm_value_logged_on_every_rank_is_the_global_mean(results):

@@ -28,7 +28,7 @@ from .distributed import all_reduce_sum, gather_batch, local_term_scale, with_va
 from .registry import register_loss
 from .token_matching import MATCHING_MODES, SINKHORN_KERNELS, aligned_scores, token_scores, trim_words
 
-__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets"]
+__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce"]
 
 SCHEDULES = ("linear", "cosine", "constant")
 SPREADS = ("uniform", "similarity")
@@ -48,23 +48,47 @@ def soft_label_eps(progress: float, eps_max: float, schedule: str = "linear") ->
 
 
 def soft_targets(logits: torch.Tensor, labels: torch.Tensor, eps: float, spread: str = "uniform") -> torch.Tensor:
-    """Rows of ``1 - eps`` at ``labels`` and ``eps`` spread over the other columns."""
-    positive = F.one_hot(labels, logits.shape[1]).bool()
+    """Rows of ``1 - eps`` at ``labels`` and ``eps`` spread over the other columns (fp32 at least). The reference
+    for :func:`soft_label_ce`, which trains without building them."""
+    logits = logits.detach().to(torch.promote_types(logits.dtype, torch.float32))
+    positive = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels[:, None], True)
     if spread == "uniform":
         weights = (~positive).to(logits.dtype) / max(logits.shape[1] - 1, 1)
     elif spread == "similarity":
-        weights = logits.detach().masked_fill(positive, -math.inf).softmax(dim=1)
+        weights = logits.masked_fill(positive, -math.inf).softmax(dim=1)
     else:
         raise ValueError(f"unknown soft-label spread {spread!r}; choose one of {SPREADS}")
     return torch.where(positive, 1.0 - eps, eps * weights)
 
 
+def soft_label_ce(logits: torch.Tensor, labels: torch.Tensor, eps: float = 0.0, spread: str = "uniform") -> torch.Tensor:
+    """Mean cross-entropy against :func:`soft_targets`, in closed form and fp32 with autocast off: no B x B target
+    or one-hot (the memory of ``ClipLoss``). ``uniform``: label smoothing ``eps * n / (n - 1)`` (n columns);
+    ``similarity``: ``lse(z) - (1 - eps) z_y - eps * sum_j w_j z_j`` with ``w`` the detached softmax over the
+    negatives."""
+    if spread not in SPREADS:
+        raise ValueError(f"unknown soft-label spread {spread!r}; choose one of {SPREADS}")
+    with torch.autocast(logits.device.type, enabled=False):
+        z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        n = z.shape[1]
+        if eps == 0.0 or n < 2:
+            return F.cross_entropy(z, labels)
+        if spread == "uniform":
+            return F.cross_entropy(z, labels, label_smoothing=eps * n / (n - 1))
+        w = z.detach().scatter(1, labels[:, None], -math.inf).softmax(dim=1)
+        z_y = z.gather(1, labels[:, None])[:, 0]
+        return (torch.logsumexp(z, dim=1) - (1 - eps) * z_y - eps * (w * z).sum(dim=1)).mean()
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the autocast dtype where autocast is on: what its matmuls would cast it to anyway."""
+    device = x.device.type
+    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+
+
 def _symmetric_ce(logits_per_image: torch.Tensor, logits_per_text: torch.Tensor, labels: torch.Tensor,
                   eps: float = 0.0, spread: str = "uniform") -> torch.Tensor:
-    if eps == 0.0:
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
-    return (F.cross_entropy(logits_per_image, soft_targets(logits_per_image, labels, eps, spread))
-            + F.cross_entropy(logits_per_text, soft_targets(logits_per_text, labels, eps, spread))) / 2
+    return (soft_label_ce(logits_per_image, labels, eps, spread) + soft_label_ce(logits_per_text, labels, eps, spread)) / 2
 
 
 class LightCLIPLoss(nn.Module):
@@ -141,36 +165,48 @@ class LightCLIPLoss(nn.Module):
         return soft_label_eps(self.progress.fraction, self.soft_label_max, self.soft_label_schedule)
 
     def instance_loss(self, image_features, text_features, logit_scale) -> torch.Tensor:
+        """Logits in fp32 with autocast off (at logit scale 100 an fp16 logit is rounded to 1/16)."""
+        dtype = torch.promote_types(image_features.dtype, torch.float32)
+        image_features, text_features = image_features.to(dtype), text_features.to(dtype)
         all_image, all_text = self._gather(image_features), self._gather(text_features)
-        if self.local_loss:
-            logits_per_image = logit_scale * image_features @ all_text.T
-            logits_per_text = logit_scale * text_features @ all_image.T
-        else:
-            logits_per_image = logit_scale * all_image @ all_text.T
-            logits_per_text = logits_per_image.T
+        with torch.autocast(image_features.device.type, enabled=False):
+            if self.local_loss:
+                logits_per_image = logit_scale * image_features @ all_text.T
+                logits_per_text = logit_scale * text_features @ all_image.T
+            else:
+                logits_per_image = logit_scale * all_image @ all_text.T
+                logits_per_text = logits_per_image.T
         labels = self._labels(logits_per_image.shape[0], logits_per_image.device)
         return _symmetric_ce(logits_per_image, logits_per_text, labels, self.soft_label_eps, self.soft_label_spread)
 
     def token_loss(self, image_tokens, text_tokens, text_mask, logit_scale) -> torch.Tensor:
+        """Symmetric InfoNCE over token scores. Each rank computes only its own rows (its images against every
+        text, its texts against every image), never the whole global matrix; the gathers keep their gradient
+        (except under ``--local-loss`` alone, where the candidates are constants as in ``ClipLoss``) and the
+        term is scaled by :func:`~.distributed.local_term_scale`, so under every flag combination its gradient
+        is the same fraction of the single-process gradient as the instance term's."""
         kw = dict(mode=self.matching, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
                   chunk_elements=self.chunk_elements, kernel=self.sinkhorn_kernel)
-        if self.token_scope == "local":  # negatives from this rank's batch only: cost independent of world size
+        scale = local_term_scale(self.world_size, self.local_loss, self.gather_with_grad)
+        if self.token_scope == "local" or self.world_size == 1:  # local: negatives from this rank's batch only
             text_tokens, text_mask = trim_words(text_tokens, text_mask)
             scores = token_scores(image_tokens, text_tokens, text_mask, **kw)
             labels = torch.arange(scores.shape[0], device=scores.device)
-            return _symmetric_ce(logit_scale * scores, logit_scale * scores.T, labels)
-        all_image, all_text = self._gather(image_tokens), self._gather(text_tokens)
+            loss = _symmetric_ce(logit_scale * scores, logit_scale * scores.T, labels)
+            return loss if scale == 1.0 else with_value(scale * loss, all_reduce_sum(loss, self.world_size) / self.world_size)
+        grad = self.gather_with_grad or not self.local_loss  # --local-loss alone: candidates are constants
+        image_tokens, text_tokens = _autocast_dtype(image_tokens), _autocast_dtype(text_tokens)  # half the bytes
+        all_image = gather_batch(image_tokens, self.rank, self.world_size, grad, local_loss=True)
+        all_text = gather_batch(text_tokens, self.rank, self.world_size, grad, local_loss=True)
         all_mask = self._gather(text_mask, constant=True)
         all_text, all_mask = trim_words(all_text, all_mask)  # same length on every rank
         text_tokens, text_mask = text_tokens[:, :all_mask.shape[1]], text_mask[:, :all_mask.shape[1]]
-        if self.local_loss:
-            scores_i2t = token_scores(image_tokens, all_text, all_mask, **kw)
-            scores_t2i = token_scores(all_image, text_tokens, text_mask, **kw).T
-        else:
-            scores_i2t = token_scores(all_image, all_text, all_mask, **kw)
-            scores_t2i = scores_i2t.T
-        labels = self._labels(scores_i2t.shape[0], scores_i2t.device)
-        return _symmetric_ce(logit_scale * scores_i2t, logit_scale * scores_t2i, labels)
+        scores_i2t = token_scores(image_tokens, all_text, all_mask, **kw)
+        scores_t2i = token_scores(all_image, text_tokens, text_mask, **kw).T
+        labels = torch.arange(scores_i2t.shape[0], device=scores_i2t.device) + scores_i2t.shape[0] * self.rank
+        loss = _symmetric_ce(logit_scale * scores_i2t, logit_scale * scores_t2i, labels)
+        # the logged value: the global batch's loss (the mean of every rank's rows), as ClipLoss logs it
+        return with_value(scale * loss, all_reduce_sum(loss, self.world_size) / self.world_size)
 
     def hard_negative_token_loss(self, image_tokens, text_tokens, text_mask, image_features, text_features,
                                  logit_scale) -> torch.Tensor:
@@ -230,7 +266,9 @@ class LightCLIPLoss(nn.Module):
             if image_tokens is None or text_mask is None:
                 raise ValueError("token_loss needs image_tokens / text_tokens / text_mask from a LightCLIP model "
                                  "with lightclip_train heads (model.add_train_heads)")
-            scale = logit_scale if token_logit_scale is None else token_logit_scale
+            # the model's own per-sample copies (B,) of its token temperature: the mean carries the gradient of
+            # whichever copy is live, so --accum-freq (which concatenates per-sample outputs) trains it exactly
+            scale = logit_scale if token_logit_scale is None else token_logit_scale.float().mean()
             if self.token_negatives:
                 term = self.hard_negative_token_loss(image_tokens, text_tokens, text_mask, image_features,
                                                      text_features, scale)

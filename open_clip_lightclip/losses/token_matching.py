@@ -17,10 +17,21 @@ by length (:func:`length_buckets`), so a pair costs its own caption's word posit
 12.5%), not those of the longest caption of the gathered batch.
 
 Sinkhorn kernels: ``scaling`` (default) iterates ``u = a / K v``, ``v = b / K^T u`` on
-``K = exp(z - max z)`` computed once: no ``exp``/``log`` inside the loop, the same plan as the
+``K = exp(z - rowmax z)`` computed once: no ``exp``/``log`` inside the loop, the same plan as the
 log-domain ``log`` kernel to fp32 rounding (tests: 1e-5); ``compiled`` runs those iterations
 through ``torch.compile`` (fused kernels, dynamic batch dimension: worth it on a GPU; on the
 CPU it compiles for ~50 s and measured no faster than ``scaling``).
+
+Precision: the plan and the matched scores are computed in fp32 with autocast off, whatever the
+caller's precision (under fp16 autocast a mat-vec of the scaling kernel would overflow 65504 once a
+cosine passes ~0.55 at eps 0.05). Only the word-by-patch similarity itself (a matmul) runs in the
+autocast dtype. The matching is defined on cosine similarities: ``sim`` is clamped to [-1, 1] for the
+plan, so ``sim / eps`` spans at most ``2 / eps`` nats, and the kernel is chosen from ``eps`` alone
+(``scaling`` up to 60 nats, i.e. eps >= 1/30; ``log`` below): no value of the batch is read on the host.
+
+Shapes from values: bucketing texts by length and trimming unused word positions read the batch's
+lengths, which is free for CPU tensors and a host-device sync on an accelerator; there every pair is
+computed at the batch's full width instead (same scores; see :func:`reads_values`).
 
 Memory: scores are computed in blocks of ``ci x cj`` sample pairs with
 ``ci * cj * words * patches <= chunk_elements``; with autograd each block is checkpointed,
@@ -35,22 +46,38 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["MATCHING_MODES", "SINKHORN_KERNELS", "sinkhorn_plan", "sinkhorn_plan_log", "hungarian_plan",
-           "pair_scores", "aligned_scores", "token_scores", "trim_words", "word_lengths", "length_buckets"]
+           "pair_scores", "aligned_scores", "token_scores", "trim_words", "word_lengths", "length_buckets",
+           "reads_values", "scaling_kernel_fits"]
 
 MATCHING_MODES = ("sinkhorn", "hungarian", "max")
 SINKHORN_KERNELS = ("scaling", "compiled", "log")
-# the scaling kernel works on exp(z - max z); beyond this dynamic range of z = sim / eps (fp32 underflow of
-# exp(-range) near 1e-38 at 87) a block falls back to the log-domain kernel. Unit-norm tokens: range <= 2 / eps.
+# the scaling kernel works on exp(z - rowmax z); beyond this dynamic range of z = sim / eps (fp32 underflow of
+# exp(-range) near 1e-38 at 87) the log-domain kernel is used. Cosines in [-1, 1]: range <= 2 / eps.
 _SCALING_MAX_RANGE = 60.0
 # a length bucket closes when padding its texts to its longest would cost more than this share extra
 _BUCKET_SLACK = 0.125
 
 
+def reads_values(x: torch.Tensor) -> bool:
+    """True where choosing a shape from ``x``'s values is free (a CPU tensor); on an accelerator it would be a
+    host-device sync, so shapes stay static there."""
+    return x.device.type == "cpu"
+
+
+def scaling_kernel_fits(eps: float) -> bool:
+    """Whether the scaling kernel's ``exp(z - rowmax z)`` stays in fp32 range for cosines at ``eps``."""
+    return 2.0 / eps <= _SCALING_MAX_RANGE
+
+
+def _no_autocast(x: torch.Tensor):
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _sinkhorn_problem(sim: torch.Tensor, word_mask: torch.Tensor, eps: float):
-    """``z = sim / eps`` (in fp32 at least) with a dustbin row and column of score 0, and the masses: words and patches 1 each,
-    the dustbins the surplus of the larger side, padding 0."""
+    """``z = sim / eps`` (in fp32 at least, ``sim`` clamped to [-1, 1]) with a dustbin row and column of score 0,
+    and the masses: words and patches 1 each, the dustbins the surplus of the larger side, padding 0."""
     *batch, W, N = sim.shape
-    sim = sim.to(torch.promote_types(sim.dtype, torch.float32))  # fp32, or fp64 for fp64 inputs
+    sim = sim.to(torch.promote_types(sim.dtype, torch.float32)).clamp(-1.0, 1.0)  # fp32 (fp64 for fp64) cosines
     n_words = word_mask.sum(-1).to(sim.dtype)  # (...)
     z = sim.new_zeros(*batch, W + 1, N + 1)
     z[..., :W, :N] = sim / eps
@@ -64,20 +91,21 @@ def sinkhorn_plan_log(sim: torch.Tensor, word_mask: torch.Tensor, eps: float = 0
     """Entropic one-to-one relaxation in the log domain (the reference kernel): every iteration takes two
     ``logsumexp`` over ``z + v`` / ``z + u``. sim: (..., W, N); word_mask: (..., W) -> plan (..., W, N)."""
     W, N = sim.shape[-2:]
-    z, a, b = _sinkhorn_problem(sim, word_mask, eps)
-    log_a, log_b = a.log(), b.log()
-    u = torch.zeros_like(log_a)
-    v = torch.zeros_like(log_b)
-    for _ in range(iters):
-        u = log_a - torch.logsumexp(z + v[..., None, :], dim=-1)
-        v = log_b - torch.logsumexp(z + u[..., :, None], dim=-2)
-    plan = torch.exp(z + u[..., :, None] + v[..., None, :])[..., :W, :N]
-    return torch.nan_to_num(plan, nan=0.0)
+    with _no_autocast(sim):
+        z, a, b = _sinkhorn_problem(sim, word_mask, eps)
+        log_a, log_b = a.log(), b.log()  # -inf for zero mass: exp(-inf) = 0 in the plan, never inf - inf
+        u = torch.zeros_like(log_a)
+        v = torch.zeros_like(log_b)
+        for _ in range(iters):
+            u = log_a - torch.logsumexp(z + v[..., None, :], dim=-1)
+            v = log_b - torch.logsumexp(z + u[..., :, None], dim=-2)
+        return torch.exp(z + u[..., :, None] + v[..., None, :])[..., :W, :N]
 
 
 def _scaling_iterations(K: torch.Tensor, a: torch.Tensor, b: torch.Tensor, iters: int) -> torch.Tensor:
-    """Sinkhorn's matrix scaling on ``K = exp(z - max z)``: ``u = a / K v``, ``v = b / K^T u``; two batched
-    mat-vecs per iteration, no ``exp`` or ``log`` inside the loop. Returns the plan ``u K v`` (..., W+1, N+1)."""
+    """Sinkhorn's matrix scaling on ``K = exp(z - rowmax z)``: ``u = a / K v``, ``v = b / K^T u``; two batched
+    mat-vecs per iteration, no ``exp`` or ``log`` inside the loop. Every row of ``K`` holds a 1, so ``K v > 0``
+    and a row without mass gets ``u = 0`` exactly. Returns the plan ``u K v`` (..., W+1, N+1)."""
     v = torch.ones_like(b)
     u = a
     for _ in range(iters):
@@ -103,21 +131,20 @@ def sinkhorn_plan(sim: torch.Tensor, word_mask: torch.Tensor, eps: float = 0.05,
                   kernel: str = "scaling") -> torch.Tensor:
     """Entropic one-to-one relaxation. sim: (..., W, N); word_mask: (..., W) -> plan (..., W, N).
 
-    ``kernel``: ``scaling`` (the default: matrix scaling on ``exp(z - max z)``, algebraically the log-domain
+    ``kernel``: ``scaling`` (the default: matrix scaling on ``exp(z - rowmax z)``, algebraically the log-domain
     iteration, ~5x faster on the CPU), ``compiled`` (the same through ``torch.compile``) or ``log`` (the
-    log-domain reference). A block whose ``sim / eps`` spans more than 60 nats uses ``log`` (fp32 range)."""
+    log-domain reference). Below eps 1/30 (``sim / eps`` could span more than 60 nats) ``log`` runs (fp32
+    range). fp32 with autocast off, whatever the caller's precision."""
     if kernel not in SINKHORN_KERNELS:
         raise ValueError(f"unknown Sinkhorn kernel {kernel!r}; choose one of {SINKHORN_KERNELS}")
     W, N = sim.shape[-2:]
-    if kernel == "log" or sim.numel() == 0:
+    if kernel == "log" or sim.numel() == 0 or not scaling_kernel_fits(eps):
         return sinkhorn_plan_log(sim, word_mask, eps, iters)
-    z, a, b = _sinkhorn_problem(sim, word_mask, eps)
-    lo, hi = torch.aminmax(z)
-    if float(hi - lo) > _SCALING_MAX_RANGE:
-        return sinkhorn_plan_log(sim, word_mask, eps, iters)
-    K = torch.exp(z - z.amax(dim=(-1, -2), keepdim=True))
-    run = _compiled_iterations() if kernel == "compiled" else _scaling_iterations
-    return torch.nan_to_num(run(K, a, b, iters)[..., :W, :N], nan=0.0)
+    with _no_autocast(sim):
+        z, a, b = _sinkhorn_problem(sim, word_mask, eps)
+        K = torch.exp(z - z.amax(dim=-1, keepdim=True))  # row-wise: the plan u K v is unchanged
+        run = _compiled_iterations() if kernel == "compiled" else _scaling_iterations
+        return run(K, a, b, iters)[..., :W, :N]
 
 
 @torch.no_grad()
@@ -147,7 +174,10 @@ def word_lengths(word_mask: torch.Tensor) -> torch.Tensor:
 
 def length_buckets(lengths: torch.Tensor, slack: float = _BUCKET_SLACK) -> List[Tuple[torch.Tensor, int]]:
     """Texts grouped by length: ``[(indices, width)]``, ascending widths, each group padded to its longest,
-    which costs at most ``1 + slack`` times the group's own word positions (``slack=0``: one group per length)."""
+    which costs at most ``1 + slack`` times the group's own word positions (``slack=0``: one group per length).
+    ``width`` None: the texts' full width (one group, on tensors whose values are not read, :func:`reads_values`)."""
+    if not reads_values(lengths):
+        return [(torch.arange(len(lengths), device=lengths.device), None)]
     order = torch.argsort(lengths, stable=True)
     ls = lengths[order].tolist()
     groups, start, own = [], 0, 0
@@ -164,17 +194,16 @@ def length_buckets(lengths: torch.Tensor, slack: float = _BUCKET_SLACK) -> List[
 def _matched_scores(sim: torch.Tensor, mask: torch.Tensor, mode: str, eps: float, iters: int,
                     kernel: str = "scaling") -> torch.Tensor:
     """sim (..., W, N), mask (..., W) -> the mean similarity of the matched (word, patch) pairs (...)."""
-    if mode == "max":
-        best = sim.max(dim=-1).values.masked_fill(~mask, 0.0)
-        return best.sum(-1) / mask.sum(-1).clamp(min=1)
-    if mode == "sinkhorn":
-        plan = sinkhorn_plan(sim, mask, eps, iters, kernel)
-    elif mode == "hungarian":
-        plan = hungarian_plan(sim, mask)
-    else:
+    if mode not in MATCHING_MODES:
         raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCHING_MODES}")
-    matched = torch.minimum(mask.sum(-1), torch.tensor(sim.shape[-1], device=sim.device)).clamp(min=1)
-    return (plan.to(sim.dtype) * sim).sum(dim=(-1, -2)) / matched
+    with _no_autocast(sim):
+        sim = sim.to(torch.promote_types(sim.dtype, torch.float32))  # scores in fp32 (fp64 for fp64)
+        if mode == "max":
+            best = sim.max(dim=-1).values.masked_fill(~mask, 0.0)
+            return best.sum(-1) / mask.sum(-1).clamp(min=1)
+        plan = sinkhorn_plan(sim, mask, eps, iters, kernel) if mode == "sinkhorn" else hungarian_plan(sim, mask)
+        matched = mask.sum(-1).clamp(min=1, max=sim.shape[-1])
+        return (plan.to(sim.dtype) * sim).sum(dim=(-1, -2)) / matched
 
 
 def pair_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_mask: torch.Tensor,
@@ -199,6 +228,7 @@ def aligned_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_m
     grad = torch.is_grad_enabled() and (image_tokens.requires_grad or text_tokens.requires_grad)
     pieces, order = [], []
     for idx, width in length_buckets(word_lengths(word_mask)):
+        width = width or word_mask.shape[1]
         img, txt, msk = image_tokens[idx], text_tokens[idx, :width], word_mask[idx, :width]
         block = max(1, chunk_elements // max(width * n, 1))
         for i in range(0, len(idx), block):
@@ -221,6 +251,7 @@ def token_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_mas
     grad = torch.is_grad_enabled() and (image_tokens.requires_grad or text_tokens.requires_grad)
     cols, order = [], []
     for idx, width in length_buckets(word_lengths(word_mask)):
+        width = width or word_mask.shape[1]
         txt, msk = text_tokens[idx, :width], word_mask[idx, :width]
         per_pair = max(width * n, 1)
         side = max(1, int(math.sqrt(chunk_elements / per_pair)))
@@ -244,7 +275,10 @@ def token_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, word_mas
 
 
 def trim_words(text_tokens: torch.Tensor, word_mask: torch.Tensor):
-    """Drop the trailing positions no text of the batch uses (pure speed-up: they carry no mass)."""
+    """Drop the trailing positions no text of the batch uses (pure speed-up: they carry no mass; CPU tensors
+    only, see :func:`reads_values`)."""
+    if not reads_values(word_mask):
+        return text_tokens, word_mask
     used = word_mask.any(dim=0).nonzero()
     last = int(used.max()) + 1 if used.numel() else 1
     return text_tokens[:, :last], word_mask[:, :last]

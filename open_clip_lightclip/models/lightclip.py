@@ -173,7 +173,8 @@ class LightCLIP(nn.Module):
         if heads.cfg.token:
             out["image_tokens"], out["text_tokens"] = heads.project_tokens(image_tokens, text_tokens)
             if hasattr(heads, "token_logit_scale"):  # the token term's own temperature, clamped like CLIP's
-                out["token_logit_scale"] = heads.token_logit_scale.clamp(max=math.log(100)).exp()
+                # per sample (B,), like every output the trainer concatenates under --accum-freq
+                out["token_logit_scale"] = heads.token_logit_scale.clamp(max=math.log(100)).exp().expand(len(text))
         if heads.cfg.mlm:
             if mlm_mask is not None:
                 mlm_mask = tuple(m[:, :length] for m in mlm_mask)
