@@ -10,7 +10,7 @@ import torch
 from . import sync_device
 from ._train_arms import ARMS, MODEL_SETTINGS
 
-__all__ = ["build_arm", "bench_steps", "bench_global_batch", "measure_peak", "count_work", "run"]
+__all__ = ["build_from_flags", "build_arm", "bench_steps", "bench_global_batch", "measure_peak", "count_work", "run"]
 
 
 def count_work(fn: Callable[[], None]) -> tuple:
@@ -83,21 +83,31 @@ def measure_peak(fn: Callable[[], None], device: torch.device) -> Optional[float
     return (_status_kib("VmHWM") - base) / 1024
 
 
-def build_arm(name: str, model_name: str, image_size: int, device: torch.device, extra: List[str] = (), seed: int = 0):
-    """(model, loss, optimizer) for one arm, built as the trainer builds them."""
+def build_from_flags(flags: List[str], model_name: str, image_size: int, device: torch.device, seed: int = 0,
+                     precision: str = "fp32", settings: Optional[dict] = None):
+    """(model, loss, optimizer) for trainer ``flags``, built as the trainer builds them: its parser (defaults,
+    the plugin's flags and checks), ``open_clip.create_model`` at ``precision`` (the plugin's configs and its
+    model hooks: teachers of ``--distill-teacher`` built on ``device``), ``open_clip.create_loss``."""
     import open_clip
     from open_clip_train.params import parse_args
 
-    args = parse_args(["--model", model_name, "--train-data", "unused", *ARMS[name], *extra])
+    args = parse_args(["--model", model_name, "--train-data", "unused", "--device", str(device),
+                       "--precision", precision, *flags])
     args.rank, args.world_size, args.distributed, args.distill = 0, 1, False, False
     kwargs = {"init_logit_scale": float(torch.log(torch.tensor(10.0))), "init_logit_bias": -10.0} if args.siglip else {}
     torch.manual_seed(seed)
-    model = open_clip.create_model(model_name, force_image_size=image_size, output_dict=True, device=device, **kwargs)
-    for attr, value in MODEL_SETTINGS.get(name, {}).items():
+    model = open_clip.create_model(model_name, force_image_size=image_size, output_dict=True, device=device,
+                                   precision=precision, **kwargs)
+    for attr, value in (settings or {}).items():
         setattr(model, attr, value)
     loss = open_clip.create_loss(args)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return model.train(), loss.to(device), optimizer
+
+
+def build_arm(name: str, model_name: str, image_size: int, device: torch.device, extra: List[str] = (), seed: int = 0):
+    """(model, loss, optimizer) for one arm, built as the trainer builds them (:func:`build_from_flags`)."""
+    return build_from_flags([*ARMS[name], *extra], model_name, image_size, device, seed, settings=MODEL_SETTINGS.get(name))
 
 
 def _batch(model_name: str, batch_size: int, image_size: int, device: torch.device, seed: int = 0):
