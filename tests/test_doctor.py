@@ -68,9 +68,9 @@ def test_a_nan_term_fails_by_name(tmp_path, capsys, monkeypatch):
         return {k: v * float("nan") for k, v in forward(self, *args, **kwargs).items()}
 
     monkeypatch.setattr(ClipLiteLoss, "forward", broken)
-    code, report = _doctor(tmp_path, "fp32", "--steps", "1")
+    code, report = _doctor(tmp_path, "fp32", "--steps", "1", "--objectives", "clip", "cliplite")
     out = capsys.readouterr().out
-    assert code == 1 and not report["ok"]
+    assert code == 1 and not report["ok"] and list(report["objectives"]) == ["clip", "cliplite"]
     assert "FAIL cliplite: cliplite_jsd is not finite (nan) at step 1 [check: finite]" in out
     assert report["objectives"]["cliplite"]["terms"]["cliplite_jsd"]["finite"] is False
     assert all(e["ok"] for name, e in report["objectives"].items() if name != "cliplite")
@@ -89,7 +89,7 @@ def test_a_term_off_its_fp32_reference_fails_the_fp32_check(tmp_path, capsys, mo
         return {k: v * 1.001 for k, v in terms.items()} if torch.is_grad_enabled() else terms
 
     monkeypatch.setattr(ClipLiteLoss, "forward", off_in_training)
-    code, report = _doctor(tmp_path, "fp32", "--steps", "1")
+    code, report = _doctor(tmp_path, "fp32", "--steps", "1", "--objectives", "cliplite")
     out = capsys.readouterr().out
     assert code == 1
     assert len(report["failures"]) == 1 and report["failures"][0].startswith("cliplite: cliplite_jsd = ")
@@ -105,6 +105,7 @@ def test_a_term_off_its_fp32_reference_fails_the_fp32_check(tmp_path, capsys, mo
     (["--device", "cuda"], "error: --device cuda: CUDA is not available here"),
     (["--model", "LightCLIP-Nope"], "error: unknown --model 'LightCLIP-Nope'"),
     (["--batch-size", "1"], "error: --batch-size must be at least 2"),
+    (["--objectives", "clip", "infonce"], "error: unknown --objectives infonce; choose from clip lightclip"),
 ])
 def test_bad_settings_stop_with_one_line(argv, message, capsys):
     import torch

@@ -41,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 32; --fast: 4)")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps per objective: the first a warm-up, the last measures memory (default: 5; --fast: 2)")
+    p.add_argument("--objectives", nargs="+", default=None, metavar="NAME",
+                   help="only these (default: all: clip lightclip cliplite clip+distill; the step time ratio needs clip)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON (its folder must exist)")
     p.add_argument("--fast", action="store_true",
