@@ -38,7 +38,7 @@ from ._train_steps import build_from_flags, measure_peak
 __all__ = ["PRECISIONS", "OBJECTIVES", "TOLERANCES", "ROUND_TRIP_ATOL", "TEACHER", "objectives", "synthetic_batch",
            "check_settings", "run_doctor", "doctor_table", "run"]
 
-# the trainer's --precision choices (pure_bf16 / pure_fp16 left out: they also skip the trainer's GradScaler)
+# the trainer's --precision choices (its pure_bf16 / pure_fp16 are not offered here)
 PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16")
 # relative difference of each term from its fp32 reference, at most. bf16 keeps 8 significant bits to fp16's 11:
 # under bf16 autocast the towers' features alone move LightCLIP-Tiny's distillation KL by 1.9e-2 (the loss
