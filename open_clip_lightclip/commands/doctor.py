@@ -7,18 +7,18 @@ token + MLM), cliplite and a distilled student (clip + affinity + feature terms,
 built here), each built as the trainer builds it and trained for a few steps on synthetic data
 (captions of varying length, some empty, some longer than the context). Checks: every loss term
 finite; each term of the first step within a relative tolerance of an fp32 reference at the same
-weights and inputs (1e-5 at fp32, 2e-2 under amp / amp_bf16 autocast, 5e-2 for pure bf16 / fp16
-weights); a trainer-style checkpoint loads back through open_clip.create_model(..., pretrained=PATH)
-with equal embeddings (max abs diff <= 1e-6). Measures each objective's step time as a ratio to
-clip's and its peak memory. Exit 0 when every check passes, 1 when one fails (each named), 2 for
-settings it cannot run."""
+weights and inputs (1e-5 at fp32; 2e-2 with fp16: amp, fp16; 5e-2 with bf16, whose 8 significant
+bits to fp16's 11 move the towers' features more: amp_bf16, amp_bfloat16, bf16); a trainer-style
+checkpoint loads back through open_clip.create_model(..., pretrained=PATH) with equal embeddings
+(max abs diff <= 1e-6). Measures each objective's step time as a ratio to clip's and its peak
+memory. Exit 0 when every check passes, 1 when one fails (each named), 2 for settings it cannot run."""
 
 EPILOG = """\
 precision as the trainer means it: amp = torch.autocast(DEVICE, dtype=torch.float16) with a GradScaler
 (on the CPU too: fp16 autocast runs matmuls in fp16 there, which imitates CUDA's amp); amp_bf16 /
 amp_bfloat16 = bf16 autocast; bf16 / fp16 = weights cast, no autocast.
 examples:
-  open-clip-lightclip doctor --fast --device cpu --precision fp32     (seconds)
+  open-clip-lightclip doctor --fast --device cpu --precision fp32     (~20 s on 2 cores; amp: ~40 s)
   open-clip-lightclip doctor --device cuda --precision amp --json doctor.json"""
 
 
@@ -46,5 +46,5 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON (its folder must exist)")
     p.add_argument("--fast", action="store_true",
-                   help="LightCLIP-Tiny at 64 px, batch 4, 2 steps: seconds on a CPU (the test suite runs it)")
+                   help="LightCLIP-Tiny at 64 px, batch 4, 2 steps: well under a minute on 2 CPU cores (the tests run it)")
     p.set_defaults(func=run)
