@@ -221,7 +221,7 @@ class ClipLiteLoss(nn.Module):
                 continue
             if rows is not None:
                 idx = idx[rows]
-            idx = idx.to(anchors.device)
+            idx = idx.to(anchors.device, non_blocking=True)  # drawn on the host: staged, no wait for the device
             neg = logit_scale * (anchors.unsqueeze(1) * others[idx]).sum(-1)  # (rows, k)
             negs.append(F.softplus(neg).mean())
         return F.softplus(-pos).mean() + torch.stack(negs).mean()

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.numerics import no_autocast
 from .distributed import gather_batch, local_term_scale, with_value
 
 __all__ = ["FEATURE_DISTANCES", "affinity_kl", "feature_distance", "distill_keys", "DistillationLoss",
@@ -59,11 +60,13 @@ def affinity_kl(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tens
     all_text = text if all_text is None else all_text
     all_teacher_image = teacher_image if all_teacher_image is None else all_teacher_image
     all_teacher_text = teacher_text if all_teacher_text is None else all_teacher_text
-    dtype = torch.promote_types(image.dtype, torch.float32)  # teachers in half precision: targets in fp32 at least
-    teacher_image, teacher_text = teacher_image.to(dtype), teacher_text.to(dtype)
-    all_teacher_image, all_teacher_text = all_teacher_image.to(dtype), all_teacher_text.to(dtype)
-    i2t = _row_kl(teacher_scale * teacher_image @ all_teacher_text.T, logit_scale * image @ all_text.T)
-    t2i = _row_kl(teacher_scale * teacher_text @ all_teacher_image.T, logit_scale * text @ all_image.T)
+    dtype = torch.promote_types(image.dtype, torch.float32)  # in fp32 at least, with autocast off: logits at
+    with no_autocast(image):  # scale 100 and a KL of near-equal distributions
+        image, text, all_image, all_text = (x.to(dtype) for x in (image, text, all_image, all_text))
+        teacher_image, teacher_text = teacher_image.to(dtype), teacher_text.to(dtype)
+        all_teacher_image, all_teacher_text = all_teacher_image.to(dtype), all_teacher_text.to(dtype)
+        i2t = _row_kl(teacher_scale * teacher_image @ all_teacher_text.T, logit_scale * image @ all_text.T)
+        t2i = _row_kl(teacher_scale * teacher_text @ all_teacher_image.T, logit_scale * text @ all_image.T)
     return (i2t + t2i) / 2
 
 

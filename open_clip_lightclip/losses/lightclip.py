@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.numerics import autocast_dtype, no_autocast
 from .distributed import all_reduce_sum, gather_batch, local_term_scale, with_value
 from .registry import register_loss
 from .token_matching import MATCHING_MODES, SINKHORN_KERNELS, aligned_scores, token_scores, trim_words
@@ -68,7 +69,7 @@ def soft_label_ce(logits: torch.Tensor, labels: torch.Tensor, eps: float = 0.0, 
     negatives."""
     if spread not in SPREADS:
         raise ValueError(f"unknown soft-label spread {spread!r}; choose one of {SPREADS}")
-    with torch.autocast(logits.device.type, enabled=False):
+    with no_autocast(logits):
         z = logits.to(torch.promote_types(logits.dtype, torch.float32))
         n = z.shape[1]
         if eps == 0.0 or n < 2:
@@ -78,12 +79,6 @@ def soft_label_ce(logits: torch.Tensor, labels: torch.Tensor, eps: float = 0.0, 
         w = z.detach().scatter(1, labels[:, None], -math.inf).softmax(dim=1)
         z_y = z.gather(1, labels[:, None])[:, 0]
         return (torch.logsumexp(z, dim=1) - (1 - eps) * z_y - eps * (w * z).sum(dim=1)).mean()
-
-
-def _autocast_dtype(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the autocast dtype where autocast is on: what its matmuls would cast it to anyway."""
-    device = x.device.type
-    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
 
 
 def _symmetric_ce(logits_per_image: torch.Tensor, logits_per_text: torch.Tensor, labels: torch.Tensor,
@@ -169,7 +164,7 @@ class LightCLIPLoss(nn.Module):
         dtype = torch.promote_types(image_features.dtype, torch.float32)
         image_features, text_features = image_features.to(dtype), text_features.to(dtype)
         all_image, all_text = self._gather(image_features), self._gather(text_features)
-        with torch.autocast(image_features.device.type, enabled=False):
+        with no_autocast(image_features):
             if self.local_loss:
                 logits_per_image = logit_scale * image_features @ all_text.T
                 logits_per_text = logit_scale * text_features @ all_image.T
@@ -195,7 +190,7 @@ class LightCLIPLoss(nn.Module):
             loss = _symmetric_ce(logit_scale * scores, logit_scale * scores.T, labels)
             return loss if scale == 1.0 else with_value(scale * loss, all_reduce_sum(loss, self.world_size) / self.world_size)
         grad = self.gather_with_grad or not self.local_loss  # --local-loss alone: candidates are constants
-        image_tokens, text_tokens = _autocast_dtype(image_tokens), _autocast_dtype(text_tokens)  # half the bytes
+        image_tokens, text_tokens = autocast_dtype(image_tokens), autocast_dtype(text_tokens)  # half the bytes
         all_image = gather_batch(image_tokens, self.rank, self.world_size, grad, local_loss=True)
         all_text = gather_batch(text_tokens, self.rank, self.world_size, grad, local_loss=True)
         all_mask = self._gather(text_mask, constant=True)

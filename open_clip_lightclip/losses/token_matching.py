@@ -45,9 +45,11 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..models.numerics import no_autocast, reads_values
+
 __all__ = ["MATCHING_MODES", "SINKHORN_KERNELS", "sinkhorn_plan", "sinkhorn_plan_log", "hungarian_plan",
            "pair_scores", "aligned_scores", "token_scores", "trim_words", "word_lengths", "length_buckets",
-           "reads_values", "scaling_kernel_fits"]
+           "scaling_kernel_fits"]
 
 MATCHING_MODES = ("sinkhorn", "hungarian", "max")
 SINKHORN_KERNELS = ("scaling", "compiled", "log")
@@ -58,19 +60,9 @@ _SCALING_MAX_RANGE = 60.0
 _BUCKET_SLACK = 0.125
 
 
-def reads_values(x: torch.Tensor) -> bool:
-    """True where choosing a shape from ``x``'s values is free (a CPU tensor); on an accelerator it would be a
-    host-device sync, so shapes stay static there."""
-    return x.device.type == "cpu"
-
-
 def scaling_kernel_fits(eps: float) -> bool:
     """Whether the scaling kernel's ``exp(z - rowmax z)`` stays in fp32 range for cosines at ``eps``."""
     return 2.0 / eps <= _SCALING_MAX_RANGE
-
-
-def _no_autocast(x: torch.Tensor):
-    return torch.autocast(x.device.type, enabled=False)
 
 
 def _sinkhorn_problem(sim: torch.Tensor, word_mask: torch.Tensor, eps: float):
@@ -91,7 +83,7 @@ def sinkhorn_plan_log(sim: torch.Tensor, word_mask: torch.Tensor, eps: float = 0
     """Entropic one-to-one relaxation in the log domain (the reference kernel): every iteration takes two
     ``logsumexp`` over ``z + v`` / ``z + u``. sim: (..., W, N); word_mask: (..., W) -> plan (..., W, N)."""
     W, N = sim.shape[-2:]
-    with _no_autocast(sim):
+    with no_autocast(sim):
         z, a, b = _sinkhorn_problem(sim, word_mask, eps)
         log_a, log_b = a.log(), b.log()  # -inf for zero mass: exp(-inf) = 0 in the plan, never inf - inf
         u = torch.zeros_like(log_a)
@@ -140,7 +132,7 @@ def sinkhorn_plan(sim: torch.Tensor, word_mask: torch.Tensor, eps: float = 0.05,
     W, N = sim.shape[-2:]
     if kernel == "log" or sim.numel() == 0 or not scaling_kernel_fits(eps):
         return sinkhorn_plan_log(sim, word_mask, eps, iters)
-    with _no_autocast(sim):
+    with no_autocast(sim):
         z, a, b = _sinkhorn_problem(sim, word_mask, eps)
         K = torch.exp(z - z.amax(dim=-1, keepdim=True))  # row-wise: the plan u K v is unchanged
         run = _compiled_iterations() if kernel == "compiled" else _scaling_iterations
@@ -196,7 +188,7 @@ def _matched_scores(sim: torch.Tensor, mask: torch.Tensor, mode: str, eps: float
     """sim (..., W, N), mask (..., W) -> the mean similarity of the matched (word, patch) pairs (...)."""
     if mode not in MATCHING_MODES:
         raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCHING_MODES}")
-    with _no_autocast(sim):
+    with no_autocast(sim):
         sim = sim.to(torch.promote_types(sim.dtype, torch.float32))  # scores in fp32 (fp64 for fp64)
         if mode == "max":
             best = sim.max(dim=-1).values.masked_fill(~mask, 0.0)

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from .numerics import reads_values
+
 __all__ = ["PROJECTOR_MODULE_NAME", "DistillProjector", "pack_text", "unpack_texts", "attach_distillation",
            "student_embed_dim"]
 
@@ -53,14 +55,18 @@ def pack_text(tokens: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_texts(texts: torch.Tensor, dims: Sequence[int]):
-    """A batch of :func:`pack_text` vectors -> token ids (B, L) and per teacher (image, text) embeddings."""
-    length = int(texts[0, 0])
+    """A batch of :func:`pack_text` vectors -> token ids (B, L) and per teacher (image, text) embeddings. ``L``
+    follows from the width and ``dims`` (no value is read: no host sync); the stored ``L`` is checked where
+    reading it is free (CPU tensors)."""
+    total = sum(dims)
+    length = texts.shape[1] - 1 - 2 * total
+    stored = int(texts[0, 0]) if reads_values(texts) else length
+    if length < 1 or stored != length:
+        cached = f"{(texts.shape[1] - 1 - stored) // 2}" if stored != length else "other"
+        raise ValueError(f"the cached teacher embeddings have {cached} dimensions, this run expects "
+                         f"{total}: train with the shards and teacher_cache.json that `cache-teacher` wrote together")
     tokens = texts[:, 1:1 + length].round().long()
     rest = texts[:, 1 + length:].float()
-    total = sum(dims)
-    if rest.shape[1] != 2 * total:
-        raise ValueError(f"the cached teacher embeddings have {rest.shape[1] // 2} dimensions, this run expects "
-                         f"{total}: train with the shards and teacher_cache.json that `cache-teacher` wrote together")
     out, start = [], 0
     for d in dims:
         out.append((rest[:, start:start + d], rest[:, total + start:total + start + d]))

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .numerics import reads_values
 from .registry import register_model_class
 from .towers import TimmCNNTower, build_text_tower
 
@@ -101,8 +102,9 @@ class LightCLIP(nn.Module):
         return self._forward_text(text, length)
 
     def trimmed_length(self, text: torch.Tensor) -> int:
-        """Positions the text tower must run: up to the batch's last EOT when that is exact, else all."""
-        if not self.text_trim_is_exact():
+        """Positions the text tower must run: up to the batch's last EOT when that is exact and reading the
+        batch is free (CPU tensors, :func:`~.host_sync.reads_values`), else all."""
+        if not self.text_trim_is_exact() or not reads_values(text):
             return text.shape[1]
         return int(text.argmax(dim=-1).max()) + 1
 

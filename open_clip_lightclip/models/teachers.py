@@ -45,12 +45,13 @@ def adapt_images(images: torch.Tensor, src_mean: Sequence[float], src_std: Seque
     """Images normalised one way (``src_mean`` / ``src_std``) -> resized to ``size`` and normalised another way."""
     if tuple(src_mean) == tuple(mean) and tuple(src_std) == tuple(std) and tuple(images.shape[-2:]) == tuple(size):
         return images
-    view = (1, -1, 1, 1)
-    x = images.float() * torch.tensor(src_std, device=images.device).view(view) + \
-        torch.tensor(src_mean, device=images.device).view(view)
+    def column(values):  # host values, staged to the device without waiting for it
+        return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(images.device, non_blocking=True)
+
+    x = images.float() * column(src_std) + column(src_mean)
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    x = (x - torch.tensor(mean, device=x.device).view(view)) / torch.tensor(std, device=x.device).view(view)
+    x = (x - column(mean)) / column(std)
     return x.to(images.dtype)
 
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fusion import FusionBlock, ImageKV
+from .numerics import no_autocast
 
 __all__ = ["LightCLIPTrainCfg", "LightCLIPTrainHeads", "mask_tokens", "max_predictions", "TOKEN_TEMPERATURES"]
 
@@ -142,11 +143,11 @@ class LightCLIPTrainHeads(nn.Module):
         # the head runs on a static number of positions per text (no boolean indexing: no host sync, and the
         # per-sample sums below are deterministic where index_add is not): the selected ones first, in order
         width = text.shape[1] if given_mask else max_predictions(text.shape[1], cfg.mask_prob)
-        positions = torch.sort((~selected).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # (B, K)
+        positions = torch.sort((~selected).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B, K)
         valid = selected.gather(1, positions)
         hidden = self.mlm_transform(x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1])))  # (B, K, W)
         logits = F.linear(hidden, text_tower.token_embedding.weight, self.mlm_bias)
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x):
             ce = F.cross_entropy(logits.float().flatten(0, 1), text.gather(1, positions).flatten(),
                                  reduction="none").view_as(valid)
             loss_sum = (ce * valid).sum(dim=1)
