@@ -29,7 +29,7 @@ from .distributed import all_reduce_sum, gather_batch, local_term_scale, with_va
 from .registry import register_loss
 from .token_matching import MATCHING_MODES, SINKHORN_KERNELS, aligned_scores, token_scores, trim_words
 
-__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce"]
+__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce", "idle_flag_warnings"]
 
 SCHEDULES = ("linear", "cosine", "constant")
 SPREADS = ("uniform", "similarity")
@@ -89,9 +89,8 @@ def _symmetric_ce(logits_per_image: torch.Tensor, logits_per_text: torch.Tensor,
 class LightCLIPLoss(nn.Module):
     """Instance (progressive soft labels) + token (bipartite matching) + MLM terms (LightCLIP, arXiv 2312.00674).
 
-    The token and MLM terms are off by default (``token_weight=0``, ``mlm_weight=0``): in this package's paired
-    study neither beat training without it, and they cost 1.6-2.3x and ~1.3x a CLIP step; ``token_weight=1`` and
-    ``mlm_weight=0.5`` turn on LightCLIP's three-level objective.
+    By default all three levels train, as the paper describes the method (``token_weight=1``, ``mlm_weight=0.5``);
+    a weight of 0 turns a term off and skips its compute (the README says what each term measured and costs).
 
     ``progress`` is any object with a ``fraction`` attribute in [0, 1] (the trainer's
     :data:`open_clip_lightclip.losses.progress.PROGRESS` by default).
@@ -100,8 +99,8 @@ class LightCLIPLoss(nn.Module):
     def __init__(
             self,
             instance_weight: float = 1.0,
-            token_weight: float = 0.0,
-            mlm_weight: float = 0.0,
+            token_weight: float = 1.0,
+            mlm_weight: float = 0.5,
             soft_label_max: float = 0.2,
             soft_label_schedule: str = "linear",
             soft_label_spread: str = "uniform",
@@ -121,7 +120,7 @@ class LightCLIPLoss(nn.Module):
         super().__init__()
         if not any(w > 0 for w in (instance_weight, token_weight, mlm_weight)):
             raise ValueError("every term weight is 0: nothing to train; set instance_weight, token_weight or "
-                             "mlm_weight (both off by default) > 0")
+                             "mlm_weight > 0")
         if matching not in MATCHING_MODES:
             raise ValueError(f"unknown matching mode {matching!r}; choose one of {MATCHING_MODES}")
         self.instance_weight, self.token_weight, self.mlm_weight = instance_weight, token_weight, mlm_weight
@@ -143,7 +142,6 @@ class LightCLIPLoss(nn.Module):
         if progress is None:
             from .progress import PROGRESS as progress
         self.progress = progress
-        self._logged_schedule = False
 
     def _gather(self, x: torch.Tensor, constant: bool = False, local_rows: bool = False) -> torch.Tensor:
         """Every rank's ``x`` (ClipLoss semantics); ``constant`` for tensors without gradient (masks);
@@ -154,6 +152,26 @@ class LightCLIPLoss(nn.Module):
     def _labels(self, num_rows: int, device) -> torch.Tensor:
         offset = num_rows * self.rank if (self.local_loss and self.world_size > 1) else 0
         return torch.arange(num_rows, device=device) + offset
+
+    def describe(self) -> str:
+        """One line: the terms that run, their weights and their open choices (logged when the trainer starts)."""
+        parts = []
+        if self.instance_weight > 0:
+            soft = (f"soft labels e(t) {self.soft_label_schedule} 0 -> {self.soft_label_max:g}, spread "
+                    f"{self.soft_label_spread}" if self.soft_label_max > 0 else "hard labels")
+            parts.append(f"instance x{self.instance_weight:g} ({soft})")
+        if self.token_weight > 0:
+            match = (f"sinkhorn eps {self.sinkhorn_eps:g}, {self.sinkhorn_iters} iters, kernel {self.sinkhorn_kernel}"
+                     if self.matching == "sinkhorn" else self.matching)
+            negatives = f"{self.token_negatives} hard negatives" if self.token_negatives else "all negatives"
+            parts.append(f"token x{self.token_weight:g} ({match}; {self.token_scope} scope, {negatives})")
+        if self.mlm_weight > 0:
+            parts.append(f"mlm x{self.mlm_weight:g}")
+        return " + ".join(parts)
+
+    def log_fields(self) -> dict:
+        """Values for the trainer's per-step log line: ``e(t)``, the soft labels' current mass on the negatives."""
+        return {"e(t)": self.soft_label_eps} if self.instance_weight > 0 and self.soft_label_max > 0 else {}
 
     @property
     def soft_label_eps(self) -> float:
@@ -249,11 +267,6 @@ class LightCLIPLoss(nn.Module):
                 mlm_loss_sum: Optional[torch.Tensor] = None, mlm_count: Optional[torch.Tensor] = None,
                 token_logit_scale: Optional[torch.Tensor] = None, output_dict: bool = False, **unused):
         losses = {}
-        if not self._logged_schedule:
-            self._logged_schedule = True
-            logging.info(f"lightclip soft labels: step {getattr(self.progress, 'step', '?')}/"
-                         f"{getattr(self.progress, 'total_steps', '?')} (t={self.progress.fraction:.3f}), "
-                         f"e(t)={self.soft_label_eps:.4f}")
         if self.instance_weight > 0:
             losses["instance_loss"] = self.instance_weight * self.instance_loss(
                 image_features, text_features, logit_scale)
@@ -286,8 +299,8 @@ TERM_ARGS = {
     "mlm": ("lightclip_fusion_layers", "lightclip_mask_prob", "lightclip_mask_rule", "lightclip_mlm_attention"),
     "instance": ("lightclip_soft_label_max", "lightclip_soft_label_schedule", "lightclip_soft_label_spread"),
 }
-# how --help marks the flags of a term that is off by default
-_TERM_ON = {"token": " (token term on)", "mlm": " (MLM on)"}
+# how --help marks the flags that act only while their term's weight is > 0
+_TERM_ON = {"token": " (token term)", "mlm": " (MLM term)"}
 
 
 def _add_args(group) -> None:
@@ -296,15 +309,12 @@ def _add_args(group) -> None:
         kw["help"] += "".join(mark for term, mark in _TERM_ON.items() if dest in TERM_ARGS[term])
         group.add_argument(flag, **kw)
 
-    a("--lightclip-instance-weight", type=float, default=1.0, help="weight of the instance-level term (0: off)")
-    a("--lightclip-token-weight", type=float, default=0.0,
-      help="weight of the token-level term (default 0: off; it measured no better than without it and costs "
-           "1.6-2.3x a CLIP step, README 'What each choice measured'; 1, with --lightclip-mlm-weight 0.5, is "
-           "LightCLIP's three-level objective)")
-    a("--lightclip-mlm-weight", type=float, default=0.0,
-      help="weight of the MLM-with-fusion term (default 0: off; it measured no better than without it over 10 "
-           "paired seeds and costs ~1.3x a CLIP step, README 'What each choice measured'; 0.5 is the weight "
-           "it was studied at)")
+    a("--lightclip-instance-weight", type=float, default=1.0,
+      help="weight of the instance-level term, contrastive with progressive soft labels (default 1; 0: off)")
+    a("--lightclip-token-weight", type=float, default=1.0,
+      help="weight of the token-level term, word-patch matching (default 1; 0: off, and its compute skipped)")
+    a("--lightclip-mlm-weight", type=float, default=0.5,
+      help="weight of the MLM-with-fusion term (default 0.5; 0: off, and its compute skipped)")
     a("--lightclip-soft-label-max", type=float, default=0.2,
       help="e_max: label mass moved from the positive to the negatives at the end of training")
     a("--lightclip-soft-label-schedule", choices=SCHEDULES, default="linear",
@@ -350,6 +360,29 @@ def _inactive_args(args) -> List[str]:
     return off
 
 
+def _flag_defaults() -> dict:
+    """Every ``--lightclip-*`` flag's default (``args`` names)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_args(parser)
+    return vars(parser.parse_args([]))
+
+
+def idle_flag_warnings(args) -> List[str]:
+    """One line per flag set away from its default that trains nothing here, because its term is off (or, for the
+    soft labels' shape, ``e_max`` is 0)."""
+    defaults, lines = _flag_defaults(), []
+    for name in _inactive_args(args):
+        value = getattr(args, name)
+        if value == defaults.get(name, value):
+            continue
+        term = next(t for t, names in TERM_ARGS.items() if name in names)
+        why = (f"the {term} term is off (--lightclip-{term}-weight 0)" if getattr(args, f"lightclip_{term}_weight") == 0
+               else "--lightclip-soft-label-max is 0")
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        lines.append(f"--{name.replace('_', '-')} {shown} has no effect: {why}")
+    return lines
+
+
 def _check_args(args) -> None:
     import open_clip
 
@@ -371,7 +404,7 @@ def _check_args(args) -> None:
         raise ValueError(f"--lightclip-soft-label-max must be in [0, 1), got {args.lightclip_soft_label_max}")
     layers = cfg["text_cfg"].get("layers", 12)
     bad = [x for x in args.lightclip_fusion_layers if not 1 <= x <= layers]
-    if args.lightclip_mlm_weight > 0 and bad:
+    if bad:  # checked whether MLM is on or off: a wrong value is wrong either way
         raise ValueError(f"--lightclip-fusion-layers {bad} don't exist: {args.model}'s text tower has layers 1..{layers}")
     if getattr(args, "horovod", False):
         raise ValueError("--loss lightclip does not support --horovod; use torchrun / srun (DDP)")
@@ -390,6 +423,8 @@ def _check_args(args) -> None:
                          "--lightclip-token-scope local (or the negatives)")
     if args.lightclip_token_dim < 1:
         raise ValueError(f"--lightclip-token-dim must be >= 1, got {args.lightclip_token_dim}")
+    for line in idle_flag_warnings(args):
+        logging.warning(line)
     if getattr(args, "skip_scheduler", False) and args.lightclip_soft_label_max > 0:
         raise ValueError("--skip-scheduler stops the step count the soft-label schedule follows; drop it "
                          "(--lr-scheduler const keeps the learning rate constant) or set --lightclip-soft-label-max 0")
@@ -431,7 +466,7 @@ def _configure_model(model, args) -> None:
         # the pooled embeddings (and, without the token term, logit_scale) feed no term: freeze what no term
         # reaches, so DDP (which needs a gradient for every trainable parameter) trains without
         # find_unused_parameters, and nothing untrained moves under weight decay
-        loss = create_lightclip_loss(argparse.Namespace(**{**vars(args), "rank": 0, "world_size": 1,
+        loss = _lightclip_loss(argparse.Namespace(**{**vars(args), "rank": 0, "world_size": 1,
                                                          "local_loss": False, "gather_with_grad": False}))
         frozen = unused_parameters(model, loss)
         for name, p in model.named_parameters():
@@ -459,6 +494,12 @@ def _add_heads(model, args, token: bool, mlm: bool) -> None:
 @register_loss("lightclip", add_args=_add_args, check_args=_check_args, configure_model=_configure_model,
                inactive_args=_inactive_args)
 def create_lightclip_loss(args) -> LightCLIPLoss:
+    loss = _lightclip_loss(args)
+    logging.info(f"--loss lightclip: {loss.describe()}")
+    return loss
+
+
+def _lightclip_loss(args) -> LightCLIPLoss:
     return LightCLIPLoss(
         instance_weight=args.lightclip_instance_weight,
         token_weight=args.lightclip_token_weight,

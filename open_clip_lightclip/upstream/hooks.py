@@ -116,9 +116,29 @@ def _make_create_loss(upstream_create_loss):
         from ..losses import create_loss as registry_create_loss
         from .distill import wrap_loss
 
-        return wrap_loss(registry_create_loss(name, args), args)
+        loss = registry_create_loss(name, args)
+        if hasattr(loss, "log_fields"):
+            _STEP_LOG.fields = loss.log_fields
+            logging.getLogger().addFilter(_STEP_LOG)
+        return wrap_loss(loss, args)
 
     return create_loss
+
+
+class _StepLogFields(logging.Filter):
+    """Appends an objective's ``log_fields()`` (e.g. LightCLIP's ``e(t)``) to the trainer's per-step line."""
+
+    fields = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.fields is not None and isinstance(record.msg, str) and record.msg.startswith("Train Epoch:"):
+            extra = " ".join(f"{k}: {v:.4f}" for k, v in self.fields().items())
+            if extra:
+                record.msg = f"{record.msg} {extra}"
+        return True
+
+
+_STEP_LOG = _StepLogFields()
 
 
 def _make_get_model_config(factory):
