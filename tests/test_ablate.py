@@ -246,12 +246,13 @@ def test_runs_are_reused_by_the_settings_the_trainer_resolves_not_by_how_the_fla
     assert settings("b", "--lightclip-token-weight", str(default["lightclip_token_weight"])) == default  # name aside
     assert settings("a", "--lightclip-token-weight", "0.25") != default and "name" not in default
     assert not any(k.startswith("cliplite_") for k in default)  # another objective's flags train nothing here
-    # the flags of a term that is off train nothing either (the token and MLM terms are off by default)
-    assert default["lightclip_token_weight"] == 0 and default["lightclip_mlm_weight"] == 0
-    assert settings("a", "--lightclip-matching", "hungarian", "--lightclip-mlm-attention", "causal") == default
-    token = settings("a", "--lightclip-token-weight", "1")
-    assert settings("a", "--lightclip-token-weight", "1", "--lightclip-matching", "hungarian") != token
-    assert token["lightclip_matching"] == "sinkhorn" and "lightclip_matching" not in default
+    # the flags of a term that is off train nothing (the token and MLM terms are on by default: turn them off)
+    assert default["lightclip_token_weight"] == 1 and default["lightclip_mlm_weight"] == 0.5
+    off = settings("a", "--lightclip-token-weight", "0", "--lightclip-mlm-weight", "0")
+    assert settings("a", "--lightclip-token-weight", "0", "--lightclip-mlm-weight", "0", "--lightclip-matching",
+                    "hungarian", "--lightclip-mlm-attention", "causal") == off
+    assert settings("a", "--lightclip-matching", "hungarian") != default
+    assert default["lightclip_matching"] == "sinkhorn" and "lightclip_matching" not in off
     flat = settings("a", "--lightclip-soft-label-max", "0")  # e_max 0: the spread and schedule shape nothing
     assert settings("a", "--lightclip-soft-label-max", "0", "--lightclip-soft-label-spread", "similarity") == flat
     assert settings("a", "--lightclip-soft-label-spread", "similarity") != default
@@ -266,7 +267,7 @@ def test_runs_are_reused_by_the_settings_the_trainer_resolves_not_by_how_the_fla
     feature = [*teacher, "--distill-affinity-weight", "0", "--distill-feature-weight", "1"]
     assert settings("a", *feature, "--distill-teacher-logit-scale", "50") == settings("a", *feature)
     assert settings("a", *feature, "--distill-feature-distance", "cosine") != settings("a", *feature)
-    arm = make_arm("x", "--loss lightclip --distill-affinity-weight 0.5 --lightclip-matching max --lightclip-mlm-weight 0.5")
+    arm = make_arm("x", "--loss lightclip --distill-affinity-weight 0.5 --lightclip-matching max --lightclip-token-weight 0")
     assert idle_flags(arm, settings("x", *arm.flags[2:])) == ["--distill-affinity-weight", "--lightclip-matching"]
     # a flag the record predates is not compared; one it knows with another value (a changed default) is
     older = {k: v for k, v in default.items() if k != "lightclip_soft_label_spread"}

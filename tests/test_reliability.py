@@ -313,6 +313,25 @@ def test_parameters_no_term_uses_are_frozen(weights, frozen):
     model = open_clip.create_model("LightCLIP-Tiny", force_image_size=64)
     assert sorted(n for n, p in model.named_parameters() if not p.requires_grad) == frozen
     assert all(p.grad is None for p in model.parameters())  # the dry run leaves no gradient behind
+    for name, b in model.named_buffers():  # nor BatchNorm statistics (it moved every one of them)
+        if name.endswith("running_mean"):
+            assert torch.equal(b, torch.zeros_like(b)), name
+        elif name.endswith("running_var"):
+            assert torch.equal(b, torch.ones_like(b)), name
+
+
+def test_distillation_trains_what_the_instance_term_left(tmp_path):
+    """--lightclip-instance-weight 0 with distillation: the affinity term reaches the pooled embeddings and
+    logit_scale; they used to be frozen by a dry run made before the teacher was attached."""
+    import open_clip
+    from open_clip_train.params import parse_args
+
+    torch.save({"state_dict": open_clip.create_model("LightCLIP-Tiny").state_dict()}, tmp_path / "teacher.pt")
+    parse_args(["--train-data", "x.tar", "--model", "LightCLIP-Tiny", "--loss", "lightclip", "--device", "cpu",
+                "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0",
+                "--distill-teacher", f"LightCLIP-Tiny={tmp_path / 'teacher.pt'}"])
+    model = open_clip.create_model("LightCLIP-Tiny", force_image_size=64)
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == []
 
 
 def test_logit_bias_created_by_loading_follows_the_models_device_and_precision(tmp_path):

@@ -29,7 +29,8 @@ from .distributed import all_reduce_sum, gather_batch, local_term_scale, with_va
 from .registry import register_loss
 from .token_matching import MATCHING_MODES, SINKHORN_KERNELS, aligned_scores, token_scores, trim_words
 
-__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce", "idle_flag_warnings"]
+__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce", "idle_flag_warnings",
+           "unused_parameters"]
 
 SCHEDULES = ("linear", "cosine", "constant")
 SPREADS = ("uniform", "similarity")
@@ -430,9 +431,11 @@ def _check_args(args) -> None:
                          "(--lr-scheduler const keeps the learning rate constant) or set --lightclip-soft-label-max 0")
 
 
-def unused_parameters(model: nn.Module, loss: nn.Module, batch: int = 2) -> list:
+def unused_parameters(model: nn.Module, loss: nn.Module, batch: int = 2, prepare_text=None) -> list:
     """Names of trainable parameters that no term of ``loss`` reaches (one dry forward + backward on dummy
-    data, global RNG state untouched): e.g. the pooled heads and projections when the instance term is off."""
+    data; global RNG state, gradients and buffers such as BatchNorm statistics untouched): e.g. the pooled heads
+    and projections when the instance term is off. ``prepare_text`` turns the dummy token ids into what the
+    model's forward takes (e.g. packed with cached teacher embeddings)."""
     was_training, output_dict = model.training, getattr(model, "output_dict", False)
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -441,8 +444,11 @@ def unused_parameters(model: nn.Module, loss: nn.Module, batch: int = 2) -> list
     images = torch.randn(batch, 3, *size, generator=g).to(first.device, first.dtype)
     text = torch.randint(1, 400, (batch, model.context_length), generator=g).to(first.device)
     text[:, 0], text[:, 6], text[:, 7:] = model.text.vocab_size - 2, model.text.vocab_size - 1, 0  # SOT words EOT pad
+    if prepare_text is not None:
+        text = prepare_text(text)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     saved = {n: p.grad for n, p in params.items()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     with torch.random.fork_rng(devices=[]):
         model.train()
         model.output_dict = True
@@ -452,6 +458,9 @@ def unused_parameters(model: nn.Module, loss: nn.Module, batch: int = 2) -> list
         unused = [n for n, p in params.items() if p.grad is None]
     for n, p in params.items():
         p.grad = saved[n]
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
     model.train(was_training)
     model.output_dict = output_dict
     return unused
@@ -459,21 +468,14 @@ def unused_parameters(model: nn.Module, loss: nn.Module, batch: int = 2) -> list
 
 def _configure_model(model, args) -> None:
     token, mlm = args.lightclip_token_weight > 0, args.lightclip_mlm_weight > 0
-    if not (token or mlm):
-        return  # instance term only: a plain CLIP forward
-    _add_heads(model, args, token, mlm)
-    if args.lightclip_instance_weight == 0:
-        # the pooled embeddings (and, without the token term, logit_scale) feed no term: freeze what no term
-        # reaches, so DDP (which needs a gradient for every trainable parameter) trains without
-        # find_unused_parameters, and nothing untrained moves under weight decay
-        loss = _lightclip_loss(argparse.Namespace(**{**vars(args), "rank": 0, "world_size": 1,
-                                                         "local_loss": False, "gather_with_grad": False}))
-        frozen = unused_parameters(model, loss)
-        for name, p in model.named_parameters():
-            if name in frozen:
-                p.requires_grad_(False)
-        logging.info(f"--lightclip-instance-weight 0: {len(frozen)} parameter tensors no term uses are frozen "
-                     f"({', '.join(frozen[:4])}{', ...' if len(frozen) > 4 else ''})")
+    if token or mlm:  # else the instance term only: a plain CLIP forward
+        _add_heads(model, args, token, mlm)
+
+
+def _leaves_unused(args) -> bool:
+    """Without the instance term, the pooled embeddings (and, without the token term, logit_scale) may feed no
+    term: the trainer then freezes what the whole loss (distillation included) does not reach."""
+    return args.lightclip_instance_weight == 0
 
 
 def _add_heads(model, args, token: bool, mlm: bool) -> None:
@@ -492,7 +494,7 @@ def _add_heads(model, args, token: bool, mlm: bool) -> None:
 
 
 @register_loss("lightclip", add_args=_add_args, check_args=_check_args, configure_model=_configure_model,
-               inactive_args=_inactive_args)
+               inactive_args=_inactive_args, leaves_unused=_leaves_unused)
 def create_lightclip_loss(args) -> LightCLIPLoss:
     loss = _lightclip_loss(args)
     logging.info(f"--loss lightclip: {loss.describe()}")

@@ -8,7 +8,9 @@ after parsing (``check_args``, raises ``ValueError`` with a one-line message) an
 (before locking, DDP and the optimizer), to switch on token outputs or attach
 training-only modules, and ``inactive_args(args)``: the names of its flags that change nothing
 for these ``args`` (those of a term whose weight is 0), so that runs differing only there are one run
-(:func:`idle_args` adds the other objectives' flags and the idle distillation flags).
+(:func:`idle_args` adds the other objectives' flags and the idle distillation flags), and ``leaves_unused(args)``:
+True when some trainable parameters may feed no term (the trainer then freezes them, once every training module,
+distillation's included, is attached).
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set
@@ -26,16 +28,18 @@ class LossEntry:
     check_args: Optional[Callable] = None  # (args) -> None, raises ValueError
     configure_model: Optional[Callable] = None  # (model, args) -> None
     inactive_args: Optional[Callable] = None  # (args) -> names of its args that change nothing for these args
+    leaves_unused: Optional[Callable] = None  # (args) -> True when some trainable parameters may feed no term
 
 
 _LOSSES: Dict[str, LossEntry] = {}
 
 
-def register_loss(name: str, add_args=None, check_args=None, configure_model=None, inactive_args=None):
+def register_loss(name: str, add_args=None, check_args=None, configure_model=None, inactive_args=None,
+                  leaves_unused=None):
     """Decorator: register ``factory(args) -> nn.Module`` (and its optional hooks) under ``name``."""
 
     def _register(factory):
-        _LOSSES[name] = LossEntry(name, factory, add_args, check_args, configure_model, inactive_args)
+        _LOSSES[name] = LossEntry(name, factory, add_args, check_args, configure_model, inactive_args, leaves_unused)
         return factory
 
     return _register

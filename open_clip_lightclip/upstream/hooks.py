@@ -104,6 +104,35 @@ def _configure_trainer_model(model) -> None:
     from .distill import configure_model
 
     configure_model(model, args)
+    if entry.leaves_unused is not None and entry.leaves_unused(args):
+        _freeze_unused(model, args)
+
+
+def _freeze_unused(model, args) -> None:
+    """Freeze the trainable parameters that no term of the run's whole loss (distillation included) reaches, so
+    DDP (which needs a gradient for every trainable parameter) trains without find_unused_parameters, and nothing
+    untrained moves under weight decay."""
+    import torch
+
+    from ..losses import create_loss as registry_create_loss
+    from ..losses.lightclip import unused_parameters
+    from ..models.distill_heads import pack_text
+    from .distill import wrap_loss
+
+    one = argparse.Namespace(**{**vars(args), "rank": 0, "world_size": 1, "local_loss": False,
+                                "gather_with_grad": False})
+    outputs = getattr(model, "_distill_outputs", None)
+    prepare = None
+    if outputs is not None and outputs.teachers is None:  # --distill-cache: the batch carries the embeddings
+        def prepare(text):
+            packed = [pack_text(t.cpu(), torch.zeros(2, sum(outputs.dims))) for t in text]
+            return torch.stack(packed).to(text.device)
+    frozen = unused_parameters(model, wrap_loss(registry_create_loss(args.loss, one), one), prepare_text=prepare)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+    logging.info(f"{len(frozen)} parameter tensors no term uses are frozen "
+                 f"({', '.join(frozen[:4])}{', ...' if len(frozen) > 4 else ''})")
 
 
 def _make_create_loss(upstream_create_loss):
