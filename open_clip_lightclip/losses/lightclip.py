@@ -496,12 +496,6 @@ def _add_heads(model, args, token: bool, mlm: bool) -> None:
 @register_loss("lightclip", add_args=_add_args, check_args=_check_args, configure_model=_configure_model,
                inactive_args=_inactive_args, leaves_unused=_leaves_unused)
 def create_lightclip_loss(args) -> LightCLIPLoss:
-    loss = _lightclip_loss(args)
-    logging.info(f"--loss lightclip: {loss.describe()}")
-    return loss
-
-
-def _lightclip_loss(args) -> LightCLIPLoss:
     return LightCLIPLoss(
         instance_weight=args.lightclip_instance_weight,
         token_weight=args.lightclip_token_weight,

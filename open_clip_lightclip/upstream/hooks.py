@@ -146,6 +146,8 @@ def _make_create_loss(upstream_create_loss):
         from .distill import wrap_loss
 
         loss = registry_create_loss(name, args)
+        if hasattr(loss, "describe"):
+            logging.info(f"--loss {name}: {loss.describe()}")
         if hasattr(loss, "log_fields"):
             _STEP_LOG.fields = loss.log_fields
             logging.getLogger().addFilter(_STEP_LOG)
