@@ -175,13 +175,102 @@ def _hostile_shards(folder: Path) -> str:
 def test_faulty_samples_are_skipped_and_logged_and_odd_ones_train(tmp_path):
     shards = _hostile_shards(tmp_path / "shards")
     before = snapshot(tmp_path / "shards")
-    proc = trainer(shards, tmp_path / "logs", "hostile", extra=["--train-num-samples", "24"], check=True)
-    log = (tmp_path / "logs" / "hostile" / "out.log").read_text() + proc.stderr
-    assert "Ignoring" in log  # upstream's webdataset handler: logged, skipped, training goes on
+    trainer(shards, tmp_path / "logs", "hostile", extra=["--train-num-samples", "24", "--epochs", "2"],
+                   check=True)
+    log = (tmp_path / "logs" / "hostile" / "out.log").read_text()
+    # the corrupt image: one warning however often it is read (epochs, passes), then a count per epoch
+    assert log.count("Handling webdataset error (UnidentifiedImageError") == 1, log[-3000:]
+    truncated = tmp_path / "shards" / "train-00001.tar"
+    assert log.count(f"webdataset: shard {truncated} is unreadable, truncated or corrupt: 7 sample(s) read from it, "
+                     "1 incomplete sample(s) and the rest skipped") == 1
+    summaries = re.findall(r"webdataset: epoch (\d+): skipped (\d+) unreadable or incomplete sample\(s\); (\d+) read",
+                           log)
+    assert [e for e, *_ in summaries] == ["0", "1"] and all(int(m) >= 2 and int(s) >= 1 for _, m, s in summaries)
     losses = [float(x) for x in re.findall(r" Loss: ([\d.eE+-]+)", log)]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert (tmp_path / "logs" / "hostile" / "checkpoints" / "epoch_1.pt").is_file()
     assert snapshot(tmp_path / "shards") == before
+
+
+def _run_trainer_timed(shards, logs, *extra, timeout=300):
+    """The real trainer on ``shards`` (``--loss clip``), killed after ``timeout`` s: (process, seconds taken)."""
+    import subprocess
+    import time
+
+    from conftest import REPO, subprocess_env
+
+    cmd = trainer_command(shards, str(logs), "run", loss="clip", batch_size=8, warmup=1,
+                          extra=["--force-image-size", "64", "--train-num-samples", "32", *extra])
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=timeout)
+    return proc, time.monotonic() - start
+
+
+def _tar_of(path: Path, members: dict) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            add_tar_member(tar, name, data, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["typo", "not-a-tar", "no-samples", "folder"])
+def test_unreadable_train_data_stops_in_one_line_before_the_run_folder(tmp_path, case):
+    """Upstream's webdataset pipeline logged "Handling webdataset error ... Ignoring" forever for all of these."""
+    write_synthetic_shards(tmp_path / "shards", num_samples=32, image_size=64, samples_per_shard=16)
+    good = tmp_path / "shards" / "train-00000.tar"
+    if case == "typo":
+        shards, first, what = str(tmp_path / "shard" / "train-{00000..00001}.tar"), tmp_path / "shard" / "train-00000.tar", \
+            "no such file, nor any of the 2 shard(s) the value names: check the folder and the {a..b} range"
+    elif case == "not-a-tar":
+        (tmp_path / "notes.tar").write_text("these are my notes, not a tar")
+        shards, first, what = f"{tmp_path / 'notes.tar'}::{good}", tmp_path / "notes.tar", "not a tar file"
+    elif case == "no-samples":
+        _tar_of(tmp_path / "meta.tar", {"a.json": b"{}", "a.jpg": b"not read", "b.txt": b"a caption of another key"})
+        shards, first, what = str(tmp_path / "meta.tar"), tmp_path / "meta.tar", \
+            "no sample with an image (.jpg, .png, .jpeg, .webp) and a text (.txt) member of the same key in its 3 member(s)"
+    else:
+        shards, first, what = str(tmp_path / "shards"), tmp_path / "shards", "is a folder, not a shard"
+    before = snapshot(tmp_path)
+    proc, seconds = _run_trainer_timed(shards, tmp_path / "logs")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_line_error(proc.stderr)
+    assert line.startswith(f"main.py: error: --train-data: {first}: {what}"), line
+    assert len(proc.stdout + proc.stderr) < 20_000 and seconds < 120  # no loop of warnings
+    assert not (tmp_path / "logs").exists()  # stopped before the run folder
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_a_worker_whose_shards_are_all_unreadable_stops_instead_of_looping(tmp_path):
+    """The first shard passes the pre-flight; the DataLoader worker that reads only the other one found no sample in
+    a whole pass, which upstream repeated forever (``with_epoch``): now one line and a non-zero exit."""
+    write_synthetic_shards(tmp_path / "shards", num_samples=16, image_size=64, samples_per_shard=16)
+    (tmp_path / "bad.tar").write_bytes(b"\0" * 100 + b"not a tar")
+    shards = f"{tmp_path / 'shards' / 'train-00000.tar'}::{tmp_path / 'bad.tar'}"
+    proc, seconds = _run_trainer_timed(shards, tmp_path / "logs", "--workers", "2")
+    assert proc.returncode != 0
+    line = one_line_error(proc.stderr)
+    assert line.startswith(f"error: --train-data: a whole pass over 1 of its shard(s) ({tmp_path / 'bad.tar'}) gave no "
+                           "readable sample"), line
+    assert len(proc.stderr) < 200_000 and seconds < 200
+
+
+def test_shard_check_in_process(tmp_path):
+    """The pre-flight's other answers: remote shards are left to upstream, --val-data is checked too, a first sample
+    whose image does not decode, a planned run's settings are computed without looking at the data."""
+    from open_clip_lightclip.upstream.shard_check import DataError, check_data_args, check_shards
+    from open_clip_lightclip.upstream.trainer_cmd import trainer_settings
+
+    assert check_shards("pipe:curl -s http://x/{0..9}.tar::s3://bucket/a.tar") is None
+    _tar_of(tmp_path / "a.tar", {"k.png": b"\x89PNG broken", "k.txt": b"a caption"})
+    assert check_shards(str(tmp_path / "a.tar"), "--val-data").startswith(
+        f"--val-data: {tmp_path / 'a.tar'}: its first sample's image k.png does not decode (UnidentifiedImageError")
+    import argparse
+
+    with pytest.raises(DataError, match="--val-data: .*a.tar: its first sample's image k.png does not decode"):
+        check_data_args(argparse.Namespace(train_data=None, val_data=str(tmp_path / "a.tar"), dataset_type="auto"))
+    check_data_args(argparse.Namespace(train_data=str(tmp_path / "x.csv"), val_data=None, dataset_type="auto"))
+    assert trainer_settings(trainer_command(str(tmp_path / "planned-{0..3}.tar"), "/logs", "x")[3:])
 
 
 def test_empty_and_overlong_captions_give_finite_lightclip_terms():

@@ -37,6 +37,10 @@ def one_line(exc: BaseException, resume: Optional[str] = None) -> Optional[str]:
 
     if isinstance(exc, (CheckpointError, TeacherError)):
         return str(exc)
+    from .shard_check import DataError
+
+    if isinstance(exc, DataError):  # raised in a DataLoader worker, it arrives with the worker's traceback
+        return str(exc).strip().splitlines()[-1].split("DataError: ", 1)[-1]
     if resume and isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc):
         return (f"--resume {resume}: the checkpoint does not fit this run's model ({_state_dict_mismatch(str(exc))}); "
                 f"resume with the --model and flags the run was started with, or start a new run from its "

@@ -16,6 +16,7 @@ module (``autoload._HOOKS``) has executed. It adds what upstream lacks:
   errors of the trainer print as one line (:mod:`.errors`);
 * ``open_clip_train.data``: the training data order depends on ``--seed`` alone (paired studies); with
   ``--distill-cache`` the samples' cached teacher embeddings ride in the text field (:mod:`.distill`);
+  unreadable shards and members are skipped and counted, never retried forever (:mod:`.shard_check`);
 * distillation with every ``--loss`` (teachers on the trainer's model, the loss wrapped): :mod:`.distill`;
 * ``clip_benchmark``: its zero-shot accuracy under NumPy 2.4;
 * ``torch.distributed.run``: torchrun's parser no longer rejects ``--logs`` as ambiguous.
@@ -445,6 +446,9 @@ def install_data(data: types.ModuleType) -> None:
     proxy.shuffle = shuffle
     proxy.to_tuple = to_tuple
     data.wds = proxy
+    from .shard_check import install_guard
+
+    install_guard(data)  # faulty shards and members skipped and counted, never an endless loop
     _INSTALLED.add("data")
 
 

@@ -56,8 +56,18 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         check_distillation(args)
     except ValueError as e:
         parser.error(str(e))
-    if args.loss is None:
-        return
+    if args.loss is not None:
+        _check_loss_args(args, parser)
+    from .shard_check import check_data_args, parsed_by_the_trainer
+
+    if parsed_by_the_trainer():  # not a planned run's settings: its shards may not exist yet
+        try:
+            check_data_args(args)  # before the run folder is made: a typo'd --train-data stops here
+        except ValueError as e:
+            parser.error(str(e))
+
+
+def _check_loss_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.siglip and args.loss != "siglip":
         parser.error(f"--siglip conflicts with --loss {args.loss}; drop --siglip (or use --loss siglip)")
     if args.loss == "siglip":
