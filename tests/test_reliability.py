@@ -344,6 +344,74 @@ def test_build_shards_skips_and_counts_faulty_images_and_refuses_to_overwrite(tm
     assert snapshot(out) == written and snapshot(src) == before
 
 
+def _captioned_folder(folder: Path, n: int = 4) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"a red square number {i}")
+    return folder
+
+
+@pytest.mark.parametrize("mine", ["build_info.json", "sizes.json", "notes.txt"])
+def test_build_shards_never_writes_over_or_deletes_a_users_files(tmp_path, capsys, mine):
+    src = _captioned_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / mine).write_text("the user's own file")
+    before = snapshot(src, out)
+    argv = ["build-shards", "folder", str(src), "--out", str(out), "--image-size", "16", "--no-progress"]
+    assert cli_main(argv) == 1
+    line = one_line_error(capsys.readouterr().err)
+    if mine == "notes.txt":
+        assert line == (f"error: {out}: holds 1 file(s) build-shards did not write (e.g. notes.txt); choose an empty "
+                        "or new output folder, or pass --force to write beside them (never over them)"), line
+    else:
+        assert line.startswith(f"error: {out / mine}: build-shards did not write this file and would write over it"), line
+    assert snapshot(src, out) == before
+    # --force writes beside the user's files, never over them
+    assert cli_main([*argv, "--force"]) == (0 if mine == "notes.txt" else 1)
+    capsys.readouterr()
+    assert (out / mine).read_text() == "the user's own file"
+    if mine == "notes.txt":  # a second --force replaces only what build-shards wrote
+        assert cli_main([*argv, "--force", "--heldout-fraction", "0"]) == 0
+        assert (out / mine).read_text() == "the user's own file"
+        assert sorted(p.name for p in out.iterdir()) == [".open-clip-lightclip-files.json", "build_info.json",
+                                                         "notes.txt", "sizes.json", "train-00000.tar"]
+        assert json.loads((out / "sizes.json").read_text()) == {"train-00000.tar": 4}
+    else:
+        assert snapshot(src, out) == before
+
+
+def test_build_benchmark_never_writes_over_a_users_classnames(tmp_path, capsys):
+    images = tmp_path / "images"
+    for c in ("circle", "square"):
+        (images / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (12, 12), (90 * i, 0, 0)).save(images / c / f"{i}.png")
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "classnames.txt").write_text("my\nown\nclasses\n")
+    (out / "README").write_text("my notes")
+    before = snapshot(images, out)
+    for extra in ([], ["--force"]):
+        assert cli_main(["build-benchmark", str(out), "--images", str(images), *extra]) == 1
+        line = one_line_error(capsys.readouterr().err)
+        assert line.startswith(f"error: {out / 'classnames.txt'}: build-benchmark did not write this file"), line
+        assert snapshot(images, out) == before
+    (out / "classnames.txt").unlink()
+    before = snapshot(images, out)
+    assert cli_main(["build-benchmark", str(out), "--images", str(images)]) == 1  # README: not its file
+    assert "holds 1 file(s) build-benchmark did not write (e.g. README)" in one_line_error(capsys.readouterr().err)
+    assert snapshot(images, out) == before
+    assert cli_main(["build-benchmark", str(out), "--images", str(images), "--force"]) == 0
+    assert cli_main(["build-benchmark", str(out), "--images", str(images), "--force"]) == 0  # its own: replaced
+    assert (out / "README").read_text() == "my notes" and (out / "classnames.txt").read_text() == "circle\nsquare\n"
+    # an image that does not decode is refused before it is copied into the benchmark
+    (images / "circle" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert cli_main(["build-benchmark", str(tmp_path / "bench2"), "--images", str(images)]) == 1
+    assert one_line_error(capsys.readouterr().err).startswith(f"error: {images / 'circle' / '9.png'}: not a decodable image")
+
+
 def test_export_refuses_a_folder_with_files_and_a_truncated_checkpoint(tmp_path, capsys):
     import open_clip
 

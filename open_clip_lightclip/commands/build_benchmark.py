@@ -72,5 +72,7 @@ def register(sub) -> None:
                    help="zero-shot prompts, one per line, with {c} for the class name (default: 6 CLIP prompts)")
     p.add_argument("--split", default="test", help="split folder name (clip_benchmark's --split; default: test)")
     p.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per tar shard")
-    p.add_argument("--force", action="store_true", help="overwrite an existing split folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace the split build-benchmark wrote here before, and write into a folder holding other "
+                        "files (beside them: a file it did not write is never overwritten or deleted)")
     p.set_defaults(func=_cmd_build_benchmark)

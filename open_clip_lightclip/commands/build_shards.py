@@ -16,7 +16,9 @@ sources:
                       captions from each SVG's dc:title and keywords; icon/shape/gradient
                       folders dropped; the top-level folder is the category
 
-output (never overwritten): OUT/train-NNNNN.tar, OUT/heldout-NNNNN.tar, OUT/sizes.json
+output (a folder holding files build-shards did not write is refused; --force writes beside
+them, never over them; the list of files it wrote is OUT/.open-clip-lightclip-files.json):
+OUT/train-NNNNN.tar, OUT/heldout-NNNNN.tar, OUT/sizes.json
 (so --train-num-samples is not needed) and OUT/build_info.json (counts, categories, the
 --train-data / --val-data patterns). Each sample is <key>.png|jpg + <key>.txt + <key>.json.
 Broken images and empty captions are skipped and counted.
@@ -29,9 +31,26 @@ example:
 """
 
 
+def _check_flags(args: argparse.Namespace) -> str:
+    """One line naming a flag value build-shards cannot use, or an empty string (checked before anything runs)."""
+    for flag, value in (("--image-size", args.image_size), ("--samples-per-shard", args.samples_per_shard)):
+        if value < 1:
+            return f"{flag} must be >= 1, got {value}"
+    if not 0 <= args.heldout_fraction < 1:  # also NaN
+        return (f"--heldout-fraction must be in [0, 1) (the share of samples held out), got {args.heldout_fraction}; "
+                "e.g. --heldout-fraction 0.1")
+    if args.max_samples < 0 or args.workers < 0:
+        return f"--max-samples and --workers must be >= 0, got {args.max_samples} and {args.workers}"
+    return ""
+
+
 def _cmd_build_shards(args: argparse.Namespace) -> int:
     from ..data import shards, sources
 
+    error = _check_flags(args)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     stats = sources.BuildStats()
     if args.source == "folder":
         if not args.path or not Path(args.path).is_dir():
@@ -60,7 +79,7 @@ def _cmd_build_shards(args: argparse.Namespace) -> int:
             records, args.out, image_size=args.image_size, heldout_fraction=args.heldout_fraction,
             split_seed=args.split_seed, samples_per_shard=args.samples_per_shard, image_format=args.format,
             resize=args.resize, stats=stats, progress=not args.no_progress, workers=args.workers,
-            source=f"{args.source}:{args.path or ''}")
+            source=f"{args.source}:{args.path or ''}", force=args.force)
     except (FileExistsError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -84,7 +103,11 @@ def register(sub) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", choices=["folder", "csv", "openclipart"], help="kind of input")
     p.add_argument("path", nargs="?", help="folder, CSV/TSV file, or clip-art root (default /usr/share/openclipart)")
-    p.add_argument("--out", required=True, help="output folder (must not already hold shards)")
+    p.add_argument("--out", required=True,
+                   help="output folder: new, empty, or written by build-shards before (with --force)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder holding other files (beside them, never over them) and replace the "
+                        "shards build-shards wrote there before")
     p.add_argument("--image-size", type=int, default=96, help="resize every image once to this square size (96)")
     p.add_argument("--resize", choices=["pad", "crop"], default="pad",
                    help="pad: fit and pad with white (default, keeps clip art whole); crop: centre crop")

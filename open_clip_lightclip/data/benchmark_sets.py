@@ -14,6 +14,7 @@ The layout ``clip_benchmark.datasets.builder.build_wds_dataset`` reads (clip-ben
 """
 import csv
 import io
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
+from .owned import OutputFolder
 from .shards import add_tar_member
 
 __all__ = ["DEFAULT_TEMPLATES", "IMAGE_EXTENSIONS", "write_classification", "write_retrieval",
@@ -57,7 +59,14 @@ def _image_bytes(image: ImageLike) -> Tuple[bytes, str]:
         raise BenchmarkDataError(f"{path}: no such image file")
     ext = path.suffix.lower()
     if ext in IMAGE_EXTENSIONS:
-        return path.read_bytes(), ext[1:]
+        data = path.read_bytes()
+        try:  # copied as they are, so decoded first: clip_benchmark would fail on it mid-evaluation
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as e:  # PIL raises many kinds for undecodable bytes
+            raise BenchmarkDataError(f"{path}: not a decodable image ({type(e).__name__}: {e}); "
+                                     "replace or remove it") from e
+        return data, ext[1:]
     try:
         with Image.open(path) as im:
             return _image_bytes(im)
@@ -65,25 +74,38 @@ def _image_bytes(image: ImageLike) -> Tuple[bytes, str]:
         raise BenchmarkDataError(f"{path}: not an image ({e})") from e
 
 
-def _prepare(out_dir, split: str, force: bool) -> Path:
-    out_dir = Path(out_dir)
-    split_dir = out_dir / split
-    if split_dir.exists() and any(split_dir.iterdir()) and not force:
-        raise BenchmarkDataError(f"{split_dir}: exists and is not empty; choose another folder or pass --force")
+_TOP_FILES = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
+
+
+def _prepare(out_dir, split: str, force: bool) -> OutputFolder:
+    """The output folder, checked: files build-benchmark did not write are refused (``force``: kept, never
+    written over); its own earlier split is refused without ``force`` and replaced with it."""
+    split_pattern = re.escape(split) + r"/(\d+\.tar|nshards\.txt)"
+    folder = OutputFolder(out_dir, "build-benchmark", force=force,
+                          writes=lambda f: f in _TOP_FILES or re.fullmatch(split_pattern, f) is not None)
+    try:
+        folder.check()
+    except FileExistsError as e:
+        raise BenchmarkDataError(str(e)) from e
+    split_dir = folder.path / split
+    if folder.own_files(split_pattern) and not force:
+        raise BenchmarkDataError(f"{split_dir}: build-benchmark wrote this split before; choose another folder "
+                                 "or pass --force to replace it")
+    folder.remove_own(split_pattern)
     split_dir.mkdir(parents=True, exist_ok=True)
-    for old in split_dir.glob("*.tar"):
-        old.unlink()
-    return split_dir
+    return folder
 
 
-def _write_tars(split_dir: Path, samples: Iterable[Tuple[ImageLike, str, bytes]], samples_per_shard: int) -> int:
+def _write_tars(folder: OutputFolder, split: str, samples: Iterable[Tuple[ImageLike, str, bytes]],
+                samples_per_shard: int) -> int:
     """Write (image, member suffix, payload) samples to 0.tar, 1.tar, ...; return the sample count."""
+    split_dir = folder.path / split
     tar, count, shards, total, mtime = None, 0, 0, 0, time.time()
     for image, suffix, payload in samples:
         if tar is None or count == samples_per_shard:
             if tar is not None:
                 tar.close()
-            tar, count = tarfile.open(split_dir / f"{shards}.tar", "w"), 0
+            tar, count = tarfile.open(folder.claim(split_dir / f"{shards}.tar"), "w"), 0
             shards += 1
         data, ext = _image_bytes(image)
         key = f"s{total:07d}"
@@ -95,7 +117,7 @@ def _write_tars(split_dir: Path, samples: Iterable[Tuple[ImageLike, str, bytes]]
         tar.close()
     if total == 0:
         raise BenchmarkDataError(f"{split_dir}: no samples to write")
-    (split_dir / "nshards.txt").write_text(f"{shards}\n")
+    folder.claim(split_dir / "nshards.txt").write_text(f"{shards}\n")
     return total
 
 
@@ -114,7 +136,7 @@ def write_classification(
     bad = [t for t in templates if "{c}" not in t]
     if not templates or bad:
         raise BenchmarkDataError(f"{out_dir}: every template needs '{{c}}' for the class name (got {bad[:1] or 'none'})")
-    split_dir = _prepare(out_dir, split, force)
+    folder = _prepare(out_dir, split, force)
 
     def _checked():
         for image, label in samples:
@@ -122,13 +144,11 @@ def write_classification(
                 raise BenchmarkDataError(f"{image}: label {label} outside 0..{len(classnames) - 1}")
             yield image, "cls", str(int(label)).encode()
 
-    total = _write_tars(split_dir, _checked(), samples_per_shard)
-    out_dir = Path(out_dir)
-    (out_dir / "classnames.txt").write_text("".join(f"{c}\n" for c in classnames))
-    (out_dir / "zeroshot_classification_templates.txt").write_text("".join(f"{t}\n" for t in templates))
-    type_file = out_dir / "dataset_type.txt"
-    if type_file.exists():  # a retrieval dataset written here before
-        type_file.unlink()
+    total = _write_tars(folder, split, _checked(), samples_per_shard)
+    folder.claim(folder.path / "classnames.txt").write_text("".join(f"{c}\n" for c in classnames))
+    folder.claim(folder.path / "zeroshot_classification_templates.txt").write_text(
+        "".join(f"{t}\n" for t in templates))
+    folder.remove_own("dataset_type.txt")  # a retrieval dataset written here before
     return total
 
 
@@ -140,7 +160,7 @@ def write_retrieval(
         force: bool = False,
 ) -> int:
     """Write ``(image, [caption, ...])`` samples for zero-shot image-text retrieval."""
-    split_dir = _prepare(out_dir, split, force)
+    folder = _prepare(out_dir, split, force)
 
     def _checked():
         for image, captions in samples:
@@ -150,8 +170,8 @@ def write_retrieval(
                 raise BenchmarkDataError(f"{image}: no caption")
             yield image, "txt", "\n".join(captions).encode("utf-8")
 
-    total = _write_tars(split_dir, _checked(), samples_per_shard)
-    (Path(out_dir) / "dataset_type.txt").write_text("retrieval\n")
+    total = _write_tars(folder, split, _checked(), samples_per_shard)
+    folder.claim(folder.path / "dataset_type.txt").write_text("retrieval\n")
     return total
 
 

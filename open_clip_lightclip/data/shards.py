@@ -18,6 +18,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from PIL import Image
 
+from .owned import OutputFolder
 from .sources import BuildStats, Record
 
 __all__ = ["write_shards", "add_tar_member", "is_heldout", "load_image", "build_shards", "read_shard_members",
@@ -39,12 +40,14 @@ def write_shards(
         prefix: str = "train",
         samples_per_shard: int = 1000,
         image_format: str = "png",
+        folder: Optional[OutputFolder] = None,
 ) -> List[Path]:
     """Write samples to ``out_dir/{prefix}-NNNNN.tar`` and record their sizes in ``sizes.json``.
 
     A sample is ``(key, image, caption)`` or ``(key, image, caption, meta)``; a ``meta`` dict
     is stored as ``<key>.json`` (the trainer ignores it). ``image_format`` is ``png`` or ``jpg``.
-    Refuses to overwrite existing shards of the same prefix.
+    Refuses to overwrite existing shards of the same prefix. With ``folder``, every file is recorded as that
+    command's before it is created (and one it did not write is never written over).
     """
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be png or jpg, not {image_format!r}")
@@ -63,6 +66,8 @@ def write_shards(
                 tar.close()
                 sizes[paths[-1].name] = count
             paths.append(out_dir / f"{prefix}-{len(paths):05d}.tar")
+            if folder is not None:
+                folder.claim(paths[-1])
             tar, count = tarfile.open(paths[-1], "w"), 0
         buf = io.BytesIO()
         image.convert("RGB").save(buf, format="PNG" if image_format == "png" else "JPEG",
@@ -75,6 +80,8 @@ def write_shards(
     if tar is not None:
         tar.close()
         sizes[paths[-1].name] = count
+    if folder is not None:
+        folder.claim(sizes_path)
     sizes_path.write_text(json.dumps(sizes, indent=1, sort_keys=True))
     return paths
 
@@ -135,6 +142,9 @@ def _brace(prefix: str, count: int) -> str:
     return f"{prefix}-{{00000..{count - 1:05d}}}.tar" if count > 1 else f"{prefix}-00000.tar"
 
 
+_OUTPUTS = r"(train|heldout)-\d{5}\.tar|sizes\.json|build_info\.json"  # what build_shards writes
+
+
 def build_shards(
         records: Iterable[Record],
         out_dir,
@@ -149,6 +159,7 @@ def build_shards(
         total: Optional[int] = None,
         source: str = "",
         workers: int = 0,
+        force: bool = False,
 ) -> dict:
     """Write ``train-*.tar`` and ``heldout-*.tar`` (+ ``sizes.json``, ``build_info.json``) to ``out_dir``.
 
@@ -156,13 +167,23 @@ def build_shards(
     category, source file). Broken images are skipped and counted. Existing shards are
     never overwritten: the call refuses before writing anything. ``workers > 1`` decodes
     and resizes images in that many processes (the output does not depend on it).
-    Returns the build info.
+    A folder holding files this function did not write is refused (``force``: written beside them, never
+    over them; the shards it wrote there before are replaced). Returns the build info.
     """
+    if image_size < 1 or samples_per_shard < 1:
+        raise ValueError(f"image_size and samples_per_shard must be >= 1, got {image_size} and {samples_per_shard}")
+    if not 0 <= heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     out_dir = Path(out_dir)
+    folder = OutputFolder(out_dir, "build-shards", force=force, writes=lambda f: re.fullmatch(_OUTPUTS, f) is not None)
+    folder.check()
+    if force:
+        folder.remove_own(_OUTPUTS)
     existing = sorted(out_dir.glob("train-*.tar")) + sorted(out_dir.glob("heldout-*.tar"))
     if existing:
         raise FileExistsError(f"{existing[0]} already exists; refusing to overwrite shards "
-                              "(choose another output folder or delete the old one)")
+                              "(choose another output folder, or pass --force to replace the shards build-shards "
+                              "wrote there)")
     stats = stats if stats is not None else BuildStats()
     records = list(records)
     splits: Dict[str, List[Record]] = {"train": [], "heldout": []}
@@ -212,7 +233,8 @@ def build_shards(
     shards = {}
     try:
         for split in ("train", "heldout"):
-            paths = write_shards(_samples(split), out_dir, split, samples_per_shard, image_format=image_format)
+            paths = write_shards(_samples(split), out_dir, split, samples_per_shard, image_format=image_format,
+                                 folder=folder)
             shards[split] = len(paths)
     finally:
         if bar is not None:
@@ -235,7 +257,7 @@ def build_shards(
         "train_data": str(out_dir / _brace("train", shards.get("train", 0))) if shards.get("train") else None,
         "heldout_data": str(out_dir / _brace("heldout", shards.get("heldout", 0))) if shards.get("heldout") else None,
     }
-    (out_dir / "build_info.json").write_text(json.dumps(info, indent=1))
+    folder.claim(out_dir / "build_info.json").write_text(json.dumps(info, indent=1))
     return info
 
 
