@@ -503,3 +503,55 @@ def test_logit_bias_created_by_loading_follows_the_models_device_and_precision(t
     open_clip.load_checkpoint(model, str(tmp_path / "siglip.pt"))
     assert model.logit_bias.dtype == torch.float64 and model.logit_bias.device == model.logit_scale.device
     assert model.logit_bias.item() == -10.0
+
+
+def _usage_error(capsys, argv) -> str:
+    """The one-line error of a subcommand refusing ``argv`` at parse time (exit 2, nothing run)."""
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert e.value.code == 2
+    return one_line_error(capsys.readouterr().err)
+
+
+def test_subcommands_refuse_bad_values_in_one_line(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "build_info.json").write_text("{not json")
+    (tmp_path / "a-file").write_text("mine")
+    before = snapshot(tmp_path)
+    cases = [
+        (["bench", "inference", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["bench", "inference", "--device", "nonsense"], "argument --device: 'nonsense' is not a device: use cpu"),
+        (["bench", "train", "--device", "nonsense"], "argument --device: 'nonsense' is not a device"),
+        (["bench", "inference", "--json", str(tmp_path / "missing" / "r.json")],
+         f"argument --json: folder {tmp_path / 'missing'} does not exist: create it first"),
+        (["demo", "--trainer-args", "'unbalanced"], "argument --trainer-args: cannot split \"'unbalanced\" as a shell "
+                                                    "would (No closing quotation): check the quotes"),
+        (["demo", "--data", str(tmp_path / "data")], f"argument --data: {tmp_path / 'data' / 'build_info.json'} is not JSON"),
+        (["demo", "--out", str(tmp_path / "a-file")], f"argument --out: {tmp_path / 'a-file'} is a file, not a folder"),
+        (["demo", "--lr", "nan"], "argument --lr: must be a finite number, got nan"),
+        (["ablate", "--heldout-fraction", "1.5"], "argument --heldout-fraction: must be in [0, 1), got 1.5"),
+    ]
+    for argv, expected in cases:
+        line = _usage_error(capsys, argv)
+        assert expected in line, (argv, line)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--heldout-fraction", "1.5"], "--heldout-fraction must be in [0, 1) (the share of samples held out), got 1.5"),
+    (["--heldout-fraction", "nan"], "--heldout-fraction must be in [0, 1)"),
+    (["--image-size", "0"], "--image-size must be >= 1, got 0"),
+])
+def test_build_shards_refuses_bad_sizes_before_writing_anything(tmp_path, capsys, flags, expected):
+    src = _captioned_folder(tmp_path / "src")
+    before = snapshot(src)
+    assert cli_main(["build-shards", "folder", str(src), "--out", str(tmp_path / "out"), "--no-progress", *flags]) == 2
+    assert one_line_error(capsys.readouterr().err).startswith(f"error: {expected}")
+    assert not (tmp_path / "out").exists() and snapshot(src) == before
+
+
+def test_bench_train_at_a_batch_size_an_arm_cannot_train_is_one_line(capsys):
+    assert cli_main(["bench", "train", "--model", "LightCLIP-Tiny", "--image-size", "32", "--batch-size", "1",
+                     "--arms", "cliplite", "--repeats", "1", "--warmup", "0"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith("error: bench train: ") and line.endswith("; change --batch-size / --arms / --trainer-args")

@@ -260,21 +260,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from ._args import at_least, device, new_file
+
     p = sub.add_parser(
         "inference", help="params, MACs and latency of encode_image / encode_text: exported LightCLIP vs "
                           "plain OpenCLIP CLIP on the same towers",
         description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="model configs (default: every LightCLIP config)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size of the timed calls (default: 1)")
-    p.add_argument("--repeats", type=int, default=20, help="timed calls per encoder and model (default: 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
+    p.add_argument("--batch-size", type=at_least(1), default=1, help="batch size of the timed calls (default: 1)")
+    p.add_argument("--repeats", type=at_least(1), default=20, help="timed calls per encoder and model (default: 20)")
+    p.add_argument("--warmup", type=at_least(0), default=3, help="untimed calls first (default: 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default: 1, the usual single-core edge-latency setting, and stable "
                         "on a shared machine; 0 = torch's default)")
-    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.add_argument("--device", type=device, default="cpu", help="device (default: cpu)")
     p.add_argument("--towers", action="store_true",
                    help="instead: the image encoder of each config as deployed: params, MACs and CPU latency before "
                         "and after reparameterisation, and ONNX Runtime latency")
-    p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
+    p.add_argument("--json", metavar="FILE", type=new_file, help="also write the measurements as JSON")
     p.set_defaults(func=run)

@@ -51,7 +51,9 @@ def _command_line(args: argparse.Namespace, prog: str) -> str:
 
 def add_study_args(p: argparse.ArgumentParser, out: str, seeds, image_size_help: str) -> None:
     """The options every study command shares (budget, data, model)."""
-    p.add_argument("--out", default=out, help=f"output folder: shards, runs, results ({out})")
+    from ..benchmarks._args import at_least, finite_float, fraction, out_folder, shards_folder, shell_words
+
+    p.add_argument("--out", type=out_folder, default=out, help=f"output folder: shards, runs, results ({out})")
     p.add_argument("--report-dir", default=None,
                    help="where results.md/.json/.png go (default: --out); several arms files can share one --out, "
                         "and so its runs (a baseline trained once), each reporting to its own folder")
@@ -60,15 +62,15 @@ def add_study_args(p: argparse.ArgumentParser, out: str, seeds, image_size_help:
                         f"{' '.join(map(str, seeds))})")
     p.add_argument("--model", default="LightCLIP-Tiny", help="model config (LightCLIP-Tiny)")
     p.add_argument("--image-size", type=int, default=None, help=image_size_help)
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (64)")
-    p.add_argument("--steps-per-epoch", type=int, default=80, help="optimizer steps per epoch (80)")
-    p.add_argument("--epochs", type=int, default=5, help="epochs; held-out recall is measured after each (5)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="batch size (64)")
+    p.add_argument("--steps-per-epoch", type=at_least(1), default=80, help="optimizer steps per epoch (80)")
+    p.add_argument("--epochs", type=at_least(1), default=5, help="epochs; held-out recall is measured after each (5)")
+    p.add_argument("--lr", type=finite_float, default=1e-3, help="learning rate (1e-3)")
     p.add_argument("--warmup", type=int, default=40, help="warmup steps (40)")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", type=shards_folder, default=None,
                    help="use shards made by `open-clip-lightclip build-shards` instead of the clip art")
     p.add_argument("--max-images", type=int, default=0, help="use only the first N clip-art images (0 = all)")
-    p.add_argument("--heldout-fraction", type=float, default=0.1, help="share of images held out (0.1)")
+    p.add_argument("--heldout-fraction", type=fraction, default=0.1, help="share of images held out (0.1)")
     p.add_argument("--fashion-mnist-samples", type=int, default=10000,
                    help="Fashion-MNIST test images for the zero-shot check (10000 = all; 0 = skip)")
     p.add_argument("--fashion-mnist-dir", default="/usr/share/datasets/fashion-mnist",
@@ -81,7 +83,7 @@ def add_study_args(p: argparse.ArgumentParser, out: str, seeds, image_size_help:
     p.add_argument("--build-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes resizing images while building the shards")
     p.add_argument("--log-every", type=int, default=5, help="trainer log interval in steps (training curves)")
-    p.add_argument("--trainer-args", default="",
+    p.add_argument("--trainer-args", type=shell_words, default="",
                    help="extra flags for open_clip_train.main for every arm, before the arm's own "
                         "(e.g. '--device cuda --precision amp')")
     p.add_argument("--no-apt", action="store_true", help="never run apt-get; just say what to install")
