@@ -144,11 +144,13 @@ class LightCLIPLoss(nn.Module):
             from .progress import PROGRESS as progress
         self.progress = progress
 
-    def _gather(self, x: torch.Tensor, constant: bool = False, local_rows: bool = False) -> torch.Tensor:
+    def _gather(self, x: torch.Tensor, constant: bool = False, local_rows: bool = False,
+                grad: Optional[bool] = None) -> torch.Tensor:
         """Every rank's ``x`` (ClipLoss semantics); ``constant`` for tensors without gradient (masks);
-        ``local_rows`` for a term whose rows are this rank's samples whatever ``--local-loss`` says."""
-        return gather_batch(x, self.rank, self.world_size, self.gather_with_grad and not constant,
-                            self.local_loss or local_rows)
+        ``local_rows`` for a term whose rows are this rank's samples whatever ``--local-loss`` says; ``grad``
+        overrides ``--gather-with-grad``."""
+        grad = self.gather_with_grad if grad is None else grad
+        return gather_batch(x, self.rank, self.world_size, grad and not constant, self.local_loss or local_rows)
 
     def _labels(self, num_rows: int, device) -> torch.Tensor:
         offset = num_rows * self.rank if (self.local_loss and self.world_size > 1) else 0
@@ -202,7 +204,8 @@ class LightCLIPLoss(nn.Module):
         kw = dict(mode=self.matching, eps=self.sinkhorn_eps, iters=self.sinkhorn_iters,
                   chunk_elements=self.chunk_elements, kernel=self.sinkhorn_kernel)
         scale = local_term_scale(self.world_size, self.local_loss, self.gather_with_grad)
-        if self.token_scope == "local" or self.world_size == 1:  # local: negatives from this rank's batch only
+        if self.token_scope == "local" or (self.world_size == 1 and not self.local_loss):
+            # local scope: negatives from this rank's batch only; one process: the whole matrix, once
             text_tokens, text_mask = trim_words(text_tokens, text_mask)
             scores = token_scores(image_tokens, text_tokens, text_mask, **kw)
             labels = torch.arange(scores.shape[0], device=scores.device)
@@ -210,8 +213,8 @@ class LightCLIPLoss(nn.Module):
             return loss if scale == 1.0 else with_value(scale * loss, all_reduce_sum(loss, self.world_size) / self.world_size)
         grad = self.gather_with_grad or not self.local_loss  # --local-loss alone: candidates are constants
         image_tokens, text_tokens = autocast_dtype(image_tokens), autocast_dtype(text_tokens)  # half the bytes
-        all_image = gather_batch(image_tokens, self.rank, self.world_size, grad, local_loss=True)
-        all_text = gather_batch(text_tokens, self.rank, self.world_size, grad, local_loss=True)
+        all_image = self._gather(image_tokens, local_rows=True, grad=grad)
+        all_text = self._gather(text_tokens, local_rows=True, grad=grad)
         all_mask = self._gather(text_mask, constant=True)
         all_text, all_mask = trim_words(all_text, all_mask)  # same length on every rank
         text_tokens, text_mask = text_tokens[:, :all_mask.shape[1]], text_mask[:, :all_mask.shape[1]]

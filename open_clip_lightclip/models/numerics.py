@@ -17,8 +17,9 @@ __all__ = ["reads_values", "no_autocast", "autocast_dtype"]
 
 
 def reads_values(x: torch.Tensor) -> bool:
-    """True where choosing a shape from ``x``'s values is free: a CPU tensor."""
-    return x.device.type == "cpu"
+    """True where choosing a shape from ``x``'s values is free: a CPU tensor, outside ``torch.compile`` (where a
+    value read would break the graph, as a sync would on a GPU)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def no_autocast(x: torch.Tensor):
