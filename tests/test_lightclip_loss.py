@@ -315,6 +315,14 @@ def test_token_term_with_its_own_learned_temperature():
                           loss.instance_loss(out["image_features"], out["text_features"], out["logit_scale"]), atol=1e-6)
     terms["token_loss"].backward()
     assert model.lightclip_train.token_logit_scale.grad.abs() > 0
+    # past log(100) it is clamped in place (as the trainer clamps logit_scale) and keeps its gradient: a clamp in
+    # the graph left it at 100 for good once AdamW had stepped past the bound
+    model.zero_grad()
+    torch.nn.init.constant_(model.lightclip_train.token_logit_scale, math.log(100) + 1)
+    out = model(torch.randn(3, 3, 64, 64), open_clip.get_tokenizer("LightCLIP-Tiny")(["a red circle", "a cat", "x y z"]))
+    assert model.lightclip_train.token_logit_scale.item() == pytest.approx(math.log(100))
+    loss(**out, output_dict=True)["token_loss"].backward()
+    assert model.lightclip_train.token_logit_scale.grad.abs() > 0
     shared = _model_with_heads(mlm=False)
     assert not hasattr(shared.lightclip_train, "token_logit_scale")
     assert "token_logit_scale" not in shared(torch.randn(2, 3, 64, 64), torch.randint(1, 400, (2, 32)))

@@ -69,6 +69,13 @@ def test_a_flag_of_a_term_that_is_off_warns_once(caplog):
                         "(--lightclip-token-weight 0)"]
 
 
+def test_hungarian_matching_on_a_gpu_says_what_it_costs(caplog):
+    with caplog.at_level("WARNING"):
+        parse_args(["--train-data", "x.tar", "--device", "cuda", "--loss", "lightclip", "--model", "LightCLIP-Tiny",
+                    "--lightclip-matching", "hungarian"])
+    assert any("scipy on the CPU" in r.getMessage() for r in caplog.records)
+
+
 def _schedule_lines(log):
     """e(t) of each per-step line (the seam appends it to the trainer's 'Train Epoch' line)."""
     return [float(x) for x in re.findall(r"Train Epoch: .* e\(t\): ([\d.]+)", log)]

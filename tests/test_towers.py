@@ -117,3 +117,26 @@ def test_unknown_timm_backbone_stops_the_trainer_with_one_line(train):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "did you mean mobilenetv4_conv_small" in errors[0]
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "tokens"])
+def test_patch_tokens_follow_the_trunks_layout(monkeypatch, layout):
+    """A BASE+TIMM_NAME trunk may emit NHWC maps or token sequences: the token term gets the same (B, H*W, C)
+    patches either way (it misread NHWC maps as NCHW, and failed on sequences)."""
+    import open_clip
+
+    torch.manual_seed(0)
+    tower = open_clip.create_model("LightCLIP-Tiny", force_image_size=64).visual.eval()
+    x = torch.randn(2, 3, 64, 64)
+    _, expected = tower.forward_tokens(x)
+    nchw = tower.forward_features
+    if layout == "NHWC":
+        monkeypatch.setattr(tower.trunk, "output_fmt", "NHWC", raising=False)
+        monkeypatch.setattr(tower, "forward_features", lambda im: nchw(im).permute(0, 2, 3, 1))
+        monkeypatch.setattr(tower, "forward_head", lambda f: f.mean((1, 2)))
+    else:
+        monkeypatch.setattr(tower.trunk, "num_prefix_tokens", 1, raising=False)
+        monkeypatch.setattr(tower, "forward_features", lambda im: torch.cat(
+            [torch.zeros(2, 1, nchw(im).shape[1]), nchw(im).flatten(2).transpose(1, 2)], dim=1))
+        monkeypatch.setattr(tower, "forward_head", lambda f: f.mean(1))
+    assert torch.equal(tower.forward_tokens(x)[1], expected)

@@ -429,6 +429,11 @@ def _check_args(args) -> None:
         raise ValueError(f"--lightclip-token-dim must be >= 1, got {args.lightclip_token_dim}")
     for line in idle_flag_warnings(args):
         logging.warning(line)
+    if args.lightclip_token_weight > 0 and args.lightclip_matching == "hungarian" and \
+            not str(getattr(args, "device", "cpu")).startswith("cpu"):
+        logging.warning("--lightclip-matching hungarian solves each pair with scipy on the CPU (twice per block with "
+                        "checkpointing) and waits for the device every block: slow on a GPU; sinkhorn is the "
+                        "batched relaxation")
     if getattr(args, "skip_scheduler", False) and args.lightclip_soft_label_max > 0:
         raise ValueError("--skip-scheduler stops the step count the soft-label schedule follows; drop it "
                          "(--lr-scheduler const keeps the learning rate constant) or set --lightclip-soft-label-max 0")

@@ -174,9 +174,11 @@ class LightCLIP(nn.Module):
             return out
         if heads.cfg.token:
             out["image_tokens"], out["text_tokens"] = heads.project_tokens(image_tokens, text_tokens)
-            if hasattr(heads, "token_logit_scale"):  # the token term's own temperature, clamped like CLIP's
+            if hasattr(heads, "token_logit_scale"):  # the token term's own temperature, clamped like CLIP's:
+                with torch.no_grad():  # in place, as the trainer clamps logit_scale after each step (a clamp in
+                    heads.token_logit_scale.clamp_(max=math.log(100))  # the graph would stop its gradient for good)
                 # per sample (B,), like every output the trainer concatenates under --accum-freq
-                out["token_logit_scale"] = heads.token_logit_scale.clamp(max=math.log(100)).exp().expand(len(text))
+                out["token_logit_scale"] = heads.token_logit_scale.exp().expand(len(text))
         if heads.cfg.mlm:
             if mlm_mask is not None:
                 mlm_mask = tuple(m[:, :length] for m in mlm_mask)

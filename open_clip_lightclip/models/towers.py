@@ -110,9 +110,16 @@ class TimmCNNTower(nn.Module):
         return self.proj(self.drop(pooled))
 
     def forward_tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Projected embedding (B, D) and patch tokens (B, H*W, C) of the same pass."""
+        """Projected embedding (B, D) and patch tokens (B, H*W, C) of the same pass, whatever layout the trunk
+        emits: NCHW maps (timm's CNNs), NHWC maps (``output_fmt == "NHWC"``) or token sequences (B, N, C) whose
+        ``num_prefix_tokens`` (class / register tokens) are dropped."""
         features = self.forward_features(x)
-        tokens = features.flatten(2).transpose(1, 2)
+        if features.dim() == 3:
+            tokens = features[:, getattr(self.trunk, "num_prefix_tokens", 0):]
+        elif str(getattr(self.trunk, "output_fmt", "NCHW")) in ("NHWC", "Format.NHWC"):
+            tokens = features.flatten(1, 2)
+        else:
+            tokens = features.flatten(2).transpose(1, 2)
         return self.forward_head(features), tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
