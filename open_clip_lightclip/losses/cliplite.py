@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .distributed import local_term_scale, with_value
+from .flags import finite_float
 from .registry import register_loss
 from .progress import PROGRESS
 
@@ -271,7 +272,7 @@ def _add_args(group) -> None:
         "--cliplite-direction", type=str, default="both", choices=DIRECTIONS,
         help="CLIP-Lite: which anchors get negatives: both (default), image-to-text, text-to-image.")
     group.add_argument(
-        "--cliplite-prior-weight", type=float, default=0.0, metavar="W",
+        "--cliplite-prior-weight", type=finite_float, default=0.0, metavar="W",
         help="CLIP-Lite: weight of the prior-matching term (default: 0 = off; the reference code uses 0.1).")
     group.add_argument(
         "--cliplite-prior-on", type=str, default="image", choices=PRIOR_ON,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..models.numerics import no_autocast
 from .distributed import gather_batch, local_term_scale, with_value
+from .flags import finite_float
 
 __all__ = ["FEATURE_DISTANCES", "affinity_kl", "feature_distance", "distill_keys", "DistillationLoss",
            "add_distill_args", "check_distill_args", "inactive_distill_args"]
@@ -154,15 +155,15 @@ def add_distill_args(group) -> None:
     a("--distill-teacher", nargs="+", default=None, metavar="MODEL[=WEIGHTS]",
       help="teacher(s), frozen: an OpenCLIP model name and its weights (a checkpoint path, a pretrained tag, "
            "local-dir:PATH), or hf-hub:ORG/NAME alone; several make an ensemble. Needs --loss")
-    a("--distill-affinity-weight", type=float, default=1.0,
+    a("--distill-affinity-weight", type=finite_float, default=1.0,
       help="weight of the affinity term: KL between the teacher's and the student's image-text similarity "
            "distributions over the batch (0: off)")
-    a("--distill-feature-weight", type=float, default=0.0,
+    a("--distill-feature-weight", type=finite_float, default=0.0,
       help="weight of the feature term: distance of the student's embeddings (through a training-only projector "
            "when the widths differ) to the teacher's (0: off)")
     a("--distill-feature-distance", choices=FEATURE_DISTANCES, default="mse",
       help="feature term distance on unit vectors: squared L2 (mse) or 1 - cosine")
-    a("--distill-teacher-logit-scale", type=float, nargs="+", default=None, metavar="SCALE",
+    a("--distill-teacher-logit-scale", type=finite_float, nargs="+", default=None, metavar="SCALE",
       help="the teachers' logit scales in the affinity term (one, or one per teacher); default: each "
            "teacher's own learned scale")
     a("--distill-cache", action="store_true",

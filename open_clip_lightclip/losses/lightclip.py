@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..models.numerics import autocast_dtype, no_autocast
 from .distributed import all_reduce_sum, gather_batch, local_term_scale, with_value
+from .flags import finite_float
 from .registry import register_loss
 from .token_matching import MATCHING_MODES, SINKHORN_KERNELS, aligned_scores, token_scores, trim_words
 
@@ -313,13 +314,13 @@ def _add_args(group) -> None:
         kw["help"] += "".join(mark for term, mark in _TERM_ON.items() if dest in TERM_ARGS[term])
         group.add_argument(flag, **kw)
 
-    a("--lightclip-instance-weight", type=float, default=1.0,
+    a("--lightclip-instance-weight", type=finite_float, default=1.0,
       help="weight of the instance-level term, contrastive with progressive soft labels (default 1; 0: off)")
-    a("--lightclip-token-weight", type=float, default=1.0,
+    a("--lightclip-token-weight", type=finite_float, default=1.0,
       help="weight of the token-level term, word-patch matching (default 1; 0: off, and its compute skipped)")
-    a("--lightclip-mlm-weight", type=float, default=0.5,
+    a("--lightclip-mlm-weight", type=finite_float, default=0.5,
       help="weight of the MLM-with-fusion term (default 0.5; 0: off, and its compute skipped)")
-    a("--lightclip-soft-label-max", type=float, default=0.2,
+    a("--lightclip-soft-label-max", type=finite_float, default=0.2,
       help="e_max: label mass moved from the positive to the negatives at the end of training")
     a("--lightclip-soft-label-schedule", choices=SCHEDULES, default="linear",
       help="how e(t) grows from 0 to e_max over global training progress t")
@@ -328,7 +329,7 @@ def _add_args(group) -> None:
     a("--lightclip-matching", choices=MATCHING_MODES, default="sinkhorn",
       help="word-patch matching of the token term: entropic relaxation (batched), exact Hungarian (CPU), "
            "or FILIP token-wise max")
-    a("--lightclip-sinkhorn-eps", type=float, default=0.05,
+    a("--lightclip-sinkhorn-eps", type=finite_float, default=0.05,
       help="entropic regularisation of --lightclip-matching sinkhorn")
     a("--lightclip-sinkhorn-iters", type=int, default=10,
       help="Sinkhorn iterations (10: pair scores within 1e-5 of 300 iterations at eps 0.05)")
@@ -346,8 +347,8 @@ def _add_args(group) -> None:
            "instance similarity): cost O(local batch x K), independent of the global batch (0: all negatives)")
     a("--lightclip-fusion-layers", type=int, nargs="+", default=[2, 4, 6],
       help="text layers (1-based) after which the masked text cross-attends to the image tokens")
-    a("--lightclip-mask-prob", type=float, default=0.15, help="fraction of word tokens masked for MLM")
-    a("--lightclip-mask-rule", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("MASK", "RANDOM", "KEEP"),
+    a("--lightclip-mask-prob", type=finite_float, default=0.15, help="fraction of word tokens masked for MLM")
+    a("--lightclip-mask-rule", type=finite_float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("MASK", "RANDOM", "KEEP"),
       help="BERT rule for masked positions: mask embedding / random token / unchanged")
     a("--lightclip-mlm-attention", choices=("bidirectional", "causal"), default="bidirectional",
       help="attention of the MLM pass through the (shared) text tower")
