@@ -1,5 +1,9 @@
 """Trainer checkpoints downstream: ``pretrained=`` loading, ``export`` (hub layout, ONNX), one-line errors."""
 import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import open_clip
@@ -9,7 +13,8 @@ import torch.nn as nn
 
 from open_clip_lightclip.models.checkpoint import CheckpointError, read_state_dict
 from open_clip_lightclip.cli import main as cli_main
-from open_clip_lightclip.export import CONFIG_NAME, IMAGE_ONNX, TEXT_ONNX, WEIGHTS_NAME, export_checkpoint
+from open_clip_lightclip.data.owned import MARKER
+from open_clip_lightclip.export import CONFIG_NAME, IMAGE_ONNX, TEXT_ONNX, WEIGHTS_NAME, export_checkpoint, write_stock
 from open_clip_lightclip.losses import list_losses
 from open_clip_lightclip.models import TRAINING_ONLY_MODULES
 
@@ -114,26 +119,66 @@ def test_strictness_kept_for_other_keys(tmp_path):
 
 
 # --- export ----------------------------------------------------------------------------------
-def test_export_writes_hub_layout_without_training_only_keys(tmp_path, capsys):
+def test_export_writes_stock_open_clip_model_by_default(tmp_path, capsys):
     ckpt = tmp_path / "epoch_1.pt"
     source = _fake_trainer_checkpoint(ckpt)
     out = tmp_path / "exported"
     assert cli_main(["export", str(ckpt), str(out), "--model", MODEL]) == 0
     printed = capsys.readouterr().out
     assert "parameters before:" in printed and "parameters after:" in printed
+    assert "without the plugin as CLIP" in printed and "no model_class" in printed
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, MARKER])
+    config = json.loads((out / CONFIG_NAME).read_text())
+    assert "model_class" not in config["model_cfg"] and set(config["preprocess_cfg"]) >= {"mean", "std"}
+    assert config["model_cfg"]["vision_cfg"]["timm_proj"] == ""  # the trunk's classifier is the projection
+    exported = read_state_dict(out / WEIGHTS_NAME)
+    assert not _training_only_keys(exported)
+    for p in out.iterdir():  # world-readable, as a published model is
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    assert type(model).__name__ == "CLIP"
+    _assert_same(_embed(model.eval(), 32), _embed(source, 32), atol=1e-5)
+    assert open_clip.get_tokenizer(f"local-dir:{out}").context_length == 32
+    after = int(printed.split("parameters after:")[1].split()[0].replace(",", ""))
+    assert after == sum(p.numel() for p in model.parameters())
+
+
+def test_export_plugin_format_keeps_the_plugin_layout(tmp_path, capsys):
+    ckpt = tmp_path / "epoch_1.pt"
+    source = _fake_trainer_checkpoint(ckpt)
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(ckpt), str(out), "--model", MODEL, "--plugin-format"]) == 0
+    printed = capsys.readouterr().out
     before = int(printed.split("parameters before: ")[1].split()[0].replace(",", ""))
     after = int(printed.split("parameters after:")[1].split()[0].replace(",", ""))
     assert before - after == len(TRAINING_ONLY_MODULES) * (4 * 8 + 8 + 8 + 8)  # one dummy module per training-only name
-    assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, MARKER])
     config = json.loads((out / CONFIG_NAME).read_text())
     assert config["model_cfg"]["model_class"] == "LightCLIP" and set(config["preprocess_cfg"]) >= {"mean", "std"}
     exported = read_state_dict(out / WEIGHTS_NAME)
     assert not _training_only_keys(exported)
     assert set(exported) == set(source.state_dict())
+    assert stat.S_IMODE((out / WEIGHTS_NAME).stat().st_mode) == 0o644
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     _assert_same(_embed(model.eval(), 32), _embed(source, 32))
     assert open_clip.get_tokenizer(f"local-dir:{out}").context_length == 32
     assert after == sum(p.numel() for p in model.parameters())
+
+
+def test_export_rewrites_its_own_folder_but_never_a_users_file(tmp_path, capsys):
+    ckpt = tmp_path / "epoch_1.pt"
+    _fake_trainer_checkpoint(ckpt, training_only=False)
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(ckpt), str(out), "--model", MODEL]) == 0
+    assert cli_main(["export", str(ckpt), str(out), "--model", MODEL, "--plugin-format"]) == 0  # its own files
+    assert json.loads((out / CONFIG_NAME).read_text())["model_cfg"]["model_class"] == "LightCLIP"
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / WEIGHTS_NAME).write_bytes(b"my weights")
+    for extra in ([], ["--force"]):
+        err = _one_line_error(capsys, ["export", str(ckpt), str(users), "--model", MODEL, *extra])
+        assert "did not write this file" in err
+        assert (users / WEIGHTS_NAME).read_bytes() == b"my weights"
 
 
 def test_export_refuses_non_empty_out_dir_without_force(tmp_path, capsys):
@@ -255,3 +300,115 @@ def test_trainer_checkpoint_loads_exports_and_reloads_with_training_embeddings(t
     reloaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     assert preprocess.transforms[0].size == 64  # --force-image-size 64 of the run
     check(reloaded)
+
+
+# --- stock OpenCLIP, without the plugin ------------------------------------------------------
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "model_configs").glob("*.json"))
+TIMM_NAMES = ["LightCLIP-Tiny+resnet10t", "LightCLIP-Tiny+convnext_atto"]  # BASE+TIMM_NAME
+STOCK_RUNNER = r"""
+import sys, torch
+import open_clip
+assert 'open_clip_lightclip' not in sys.modules
+for out in sys.argv[1:]:
+    model, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + out)
+    x = torch.load(out + '.inputs.pt', weights_only=True)
+    with torch.no_grad():
+        got = {'image': model.eval().encode_image(x['images']), 'text': model.encode_text(x['texts'])}
+    got['cls'] = type(model).__name__
+    got['context_length'] = open_clip.get_tokenizer('local-dir:' + out).context_length
+    torch.save(got, out + '.result.pt')
+assert 'open_clip_lightclip' not in sys.modules, 'the plugin was imported'
+"""
+
+
+def _randomise_batchnorm(model):
+    """Trained BatchNorm statistics, so that a wrong mapping of the classifier's BatchNorm (RepViT) shows."""
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+
+
+def _export_stock_models(tmp_path, names, image_size=64):
+    """Each model random at ``image_size``, written as a stock model; its inputs and embeddings saved beside it."""
+    expected = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, force_image_size=image_size).eval()
+        _randomise_batchnorm(model)
+        cfg = open_clip.get_model_config(name)
+        cfg["vision_cfg"]["image_size"] = image_size
+        out = tmp_path / name
+        write_stock(model, cfg, out)
+        context_length = cfg["text_cfg"]["context_length"]
+        images = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(1))
+        texts = open_clip.get_tokenizer(name)(["a red circle", "a blue cross on a white background", ""])
+        torch.save({"images": images, "texts": texts[:, :context_length]}, f"{out}.inputs.pt")
+        with torch.no_grad():
+            expected[name] = model.encode_image(images), model.encode_text(texts[:, :context_length])
+    return expected
+
+
+def _check_stock_models(tmp_path, expected, python=sys.executable, env=None):
+    env = {**os.environ, "OPEN_CLIP_LIGHTCLIP_DISABLE": "1"} if env is None else env
+    proc = subprocess.run([python, "-c", STOCK_RUNNER, *(str(tmp_path / n) for n in expected)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, (image, text) in expected.items():
+        got = torch.load(f"{tmp_path / name}.result.pt", weights_only=True)
+        assert got["cls"] == "CLIP", name
+        assert "model_class" not in json.loads((tmp_path / name / CONFIG_NAME).read_text())["model_cfg"]
+        torch.testing.assert_close(got["image"], image, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got["text"], text, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_every_shipped_config_exports_to_stock_open_clip_with_equal_embeddings(tmp_path):
+    """OpenCLIP with the plugin off (OPEN_CLIP_LIGHTCLIP_DISABLE=1, never imported) rebuilds every shipped
+    config and BASE+TIMM_NAME names from the exported folder with the plugin's embeddings (<= 1e-5)."""
+    assert len(SHIPPED) >= 10
+    _check_stock_models(tmp_path, _export_stock_models(tmp_path, SHIPPED + TIMM_NAMES))
+
+
+def test_reparameterisable_tower_exports_unfused_for_stock_and_says_so(tmp_path, capsys):
+    ckpt = tmp_path / "epoch_1.pt"
+    _fake_trainer_checkpoint(ckpt, "LightCLIP-MobileOne-S0", force_image_size=64)
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(ckpt), str(out), "--model", "LightCLIP-MobileOne-S0"]) == 0
+    printed = capsys.readouterr().out
+    assert "written unfused" in printed and "--onnx writes the fused graph" in printed
+    cfg = json.loads((out / CONFIG_NAME).read_text())["model_cfg"]
+    assert "timm_reparameterized" not in cfg["vision_cfg"] and "model_class" not in cfg
+
+
+def _plugin_free_venv(path: Path) -> Path:
+    """A venv whose site-packages links every package of this one except open-clip-lightclip (no .pth either):
+    OpenCLIP, timm and torch as installed here, the plugin absent."""
+    import site
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(path)
+    target = next(path.glob("lib/python*/site-packages"))
+    source = Path(next(p for p in site.getsitepackages() if Path(p, "open_clip").is_dir()))
+    for entry in source.iterdir():
+        name = entry.name.lower()
+        if "lightclip" in name or name.endswith(".pth") or name.startswith(("_editable", "__editable")):
+            continue
+        if not (target / entry.name).exists():
+            (target / entry.name).symlink_to(entry)
+    return path / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_exported_models_load_in_a_venv_without_the_plugin(tmp_path):
+    """The strongest proof: an interpreter in which open_clip_lightclip cannot even be imported."""
+    python = _plugin_free_venv(tmp_path / "venv")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPEN_CLIP_LIGHTCLIP_DISABLE", "PYTHONPATH")}
+    probe = subprocess.run([python, "-c", "import importlib.util, open_clip; "
+                            "print(importlib.util.find_spec('open_clip_lightclip'), open_clip.__version__)"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0 and probe.stdout.startswith("None 3.3"), probe.stdout + probe.stderr[-2000:]
+    names = ["LightCLIP-Tiny", "LightCLIP-MNv3", "LightCLIP-EffB0", "LightCLIP-MNv4-S", "LightCLIP-RepViT-M0.9",
+             "LightCLIP-MCi0", "LightCLIP-EfficientViT-B0", "LightCLIP-MobileOne-S0", "LightCLIP-Tiny+resnet10t"]
+    _check_stock_models(tmp_path, _export_stock_models(tmp_path, names), python=str(python), env=env)

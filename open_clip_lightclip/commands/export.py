@@ -7,7 +7,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..export import export_checkpoint, main_error
 
     try:
-        export_checkpoint(args.checkpoint, args.out_dir, model_name=args.model, onnx=args.onnx, force=args.force)
+        export_checkpoint(args.checkpoint, args.out_dir, model_name=args.model, onnx=args.onnx, force=args.force,
+                          plugin_format=args.plugin_format)
     except Exception as e:  # one line naming the file and the problem
         print(f"error: {main_error(e)}", file=sys.stderr)
         return 1
@@ -16,16 +17,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "export", help="export a trainer checkpoint as an inference-only model (open_clip_config.json + "
-                       "open_clip_model.safetensors, loadable with 'local-dir:OUT_DIR'), optionally ONNX",
+        "export", help="export a trainer checkpoint as a stock OpenCLIP model (open_clip_config.json + "
+                       "open_clip_model.safetensors, loadable with 'local-dir:OUT_DIR' without this plugin), "
+                       "optionally ONNX",
         description="Write an inference-only copy of a trainer checkpoint (training-only modules dropped) "
-                    "in the layout OpenCLIP's local-dir: / hf-hub: loaders read, check that it reloads with "
-                    "the checkpoint's embeddings, and print parameter counts before and after.")
+                    "in the layout OpenCLIP's local-dir: / hf-hub: loaders read. By default it is a stock "
+                    "OpenCLIP model (no model_class: the timm trunk's own classifier holds the projection), "
+                    "checked by loading it in a fresh interpreter with the plugin off "
+                    "(OPEN_CLIP_LIGHTCLIP_DISABLE=1) against the checkpoint's embeddings (max |diff| <= 1e-5). "
+                    "Reparameterisable towers (MobileOne, FastViT-MCi, RepViT) are written unfused, since "
+                    "upstream has no fused form; --onnx writes them fused. Prints parameter counts before "
+                    "and after. Files are world-readable (0644); OUT_DIR may hold only files an earlier "
+                    "export wrote (listed in .open-clip-lightclip-files.json).")
     p.add_argument("checkpoint", metavar="CKPT", help="trainer checkpoint (epoch_N.pt), state_dict or .safetensors")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must be new or empty unless --force)")
     p.add_argument("--model", default=None,
                    help="model config name (default: the 'model' in the run's params.txt next to checkpoints/)")
     p.add_argument("--onnx", action="store_true",
                    help="also write image_encoder.onnx and text_encoder.onnx, checked against onnxruntime")
-    p.add_argument("--force", action="store_true", help="write into OUT_DIR even if it is not empty")
+    p.add_argument("--plugin-format", action="store_true",
+                   help="write the plugin's own layout instead (model_class: LightCLIP, reparameterisable towers "
+                        "fused); loading it needs open-clip-lightclip")
+    p.add_argument("--force", action="store_true",
+                   help="write into OUT_DIR although it holds other files (beside them, never over them)")
     p.set_defaults(func=_cmd_export)

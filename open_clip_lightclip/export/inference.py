@@ -8,8 +8,9 @@ The output folder has the layout OpenCLIP's ``local-dir:`` and ``hf-hub:`` loade
 * with ONNX: ``image_encoder.onnx`` (``image`` -> ``image_features``) and ``text_encoder.onnx``
   (``text`` -> ``text_features``), both un-normalised like ``encode_image`` / ``encode_text``.
 
-So ``open_clip.create_model_and_transforms('local-dir:OUT_DIR')`` loads it (with this plugin
-installed for ``LightCLIP`` configs).
+By default the model is a stock OpenCLIP ``CLIP`` (see :mod:`.stock`): ``open_clip.create_model_and_transforms(
+'local-dir:OUT_DIR')`` builds it without this plugin. ``plugin_format`` keeps the plugin's layout
+(``model_class: LightCLIP``, reparameterisable towers fused), which needs the plugin to load.
 """
 import ast
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..data.owned import OutputFolder
 from ..models.checkpoint import CheckpointError, read_state_dict, training_only_module
+from .stock import StockExportError, to_stock, verify_without_plugin
 
-__all__ = ["ExportError", "ExportReport", "export_checkpoint", "export_model", "export_onnx", "run_params",
+__all__ = ["ExportError", "ExportReport", "export_checkpoint", "export_model", "export_onnx", "run_params", "write_stock",
            "CONFIG_NAME", "WEIGHTS_NAME", "IMAGE_ONNX", "TEXT_ONNX"]
 
 CONFIG_NAME = "open_clip_config.json"  # open_clip.constants.HF_CONFIG_NAME
@@ -45,6 +48,7 @@ class ExportReport:
     max_abs_diff: float  # embeddings: checkpoint vs exported (reloaded via local-dir:)
     onnx_max_abs_diff: Dict[str, float] = field(default_factory=dict)
     reparameterized: Optional[dict] = None  # params / image MACs before and after fusing, max |diff| of embeddings
+    format: str = "stock"  # "stock" (upstream OpenCLIP, no model_class) or "plugin" (model_class: LightCLIP)
 
 
 def image_macs(model: nn.Module, images: torch.Tensor) -> int:
@@ -165,8 +169,9 @@ def _embed(model: nn.Module, images: torch.Tensor, texts: torch.Tensor) -> Tuple
     return model.encode_image(images), model.encode_text(texts)
 
 
-def export_model(model: nn.Module, model_cfg: dict, out_dir: Path) -> None:
-    """Write ``open_clip_config.json`` (as ``push_to_hf_hub`` does) and ``open_clip_model.safetensors``."""
+def export_model(model: nn.Module, model_cfg: dict, out_dir) -> None:
+    """Write ``open_clip_config.json`` (as ``push_to_hf_hub`` does) and ``open_clip_model.safetensors`` in the
+    plugin's layout (``model_cfg`` as given). ``out_dir``: a folder path or an :class:`OutputFolder`."""
     from open_clip.push_to_hf_hub import save_config_for_hf
     from safetensors.torch import save_file
 
@@ -174,9 +179,13 @@ def export_model(model: nn.Module, model_cfg: dict, out_dir: Path) -> None:
     leaked = sorted({training_only_module(k) for k in state_dict} - {None})
     if leaked:
         raise ExportError(f"inference model still has training-only modules {leaked}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict, str(out_dir / WEIGHTS_NAME))
-    save_config_for_hf(model, out_dir / CONFIG_NAME, model_config=model_cfg)
+    if isinstance(out_dir, OutputFolder):
+        weights, config = out_dir.claim(out_dir.path / WEIGHTS_NAME), out_dir.claim(out_dir.path / CONFIG_NAME)
+    else:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        weights, config = Path(out_dir) / WEIGHTS_NAME, Path(out_dir) / CONFIG_NAME
+    save_file(state_dict, str(weights))
+    save_config_for_hf(model, config, model_config=model_cfg)
     # tuples (e.g. mean/std) come back as lists from JSON; nothing else to normalise
 
 
@@ -237,23 +246,55 @@ def export_onnx(model: nn.Module, out_dir: Path, context_length: int, opset: int
     return diffs
 
 
+EXPORT_FILES = (CONFIG_NAME, WEIGHTS_NAME, IMAGE_ONNX, TEXT_ONNX, "README.md")
+FILE_MODE = 0o644  # world-readable, as a published model is
+
+
+def write_stock(model: nn.Module, model_cfg: dict, out_dir) -> Tuple[nn.Module, dict]:
+    """Write ``model`` (LightCLIP in its training form, eval mode) as a stock OpenCLIP model into ``out_dir``
+    (a path or an :class:`OutputFolder`); returns the stock ``CLIP`` and its config."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    stock, cfg, state_dict = to_stock(model, model_cfg)
+    if isinstance(out_dir, OutputFolder):
+        weights, config = out_dir.claim(out_dir.path / WEIGHTS_NAME), out_dir.claim(out_dir.path / CONFIG_NAME)
+    else:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        weights, config = Path(out_dir) / WEIGHTS_NAME, Path(out_dir) / CONFIG_NAME
+    save_file(state_dict, str(weights))
+    save_config_for_hf(model, config, model_config=cfg)
+    for path in (weights, config):
+        path.chmod(FILE_MODE)
+    return stock, cfg
+
+
 def export_checkpoint(
         checkpoint,
         out_dir,
         model_name: Optional[str] = None,
         onnx: bool = False,
         force: bool = False,
+        plugin_format: bool = False,
         log: Callable[[str], None] = print,
 ) -> ExportReport:
     """Export ``checkpoint`` (a trainer ``epoch_N.pt``, a state_dict or a ``.safetensors``) to ``out_dir``.
 
-    The model name defaults to the ``model`` of the run's ``params.txt`` (next to
-    ``checkpoints/``), as do ``--force-image-size`` / ``--force-context-length`` and the image
-    mean / std / interpolation the run was trained with.
+    By default the folder is a stock OpenCLIP model (no ``model_class``: OpenCLIP builds it without this
+    plugin, checked in a plugin-free interpreter); ``plugin_format`` writes the plugin's own layout
+    (``model_class: LightCLIP``, reparameterisable towers fused). The model name defaults to the ``model``
+    of the run's ``params.txt`` (next to ``checkpoints/``), as do ``--force-image-size`` /
+    ``--force-context-length`` and the image mean / std / interpolation the run was trained with.
+    ``out_dir`` may hold only files an earlier export wrote (``force``: others too; never written over).
     """
     import open_clip
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    folder = OutputFolder(out_dir, "export", writes=lambda name: name in EXPORT_FILES, force=force)
+    try:
+        folder.check()
+    except FileExistsError as e:
+        raise ExportError(str(e)) from None
     state_dict = read_state_dict(checkpoint)
     params = run_params(checkpoint)
     if model_name is None:
@@ -261,10 +302,6 @@ def export_checkpoint(
         if not model_name:
             raise ExportError(f"{checkpoint}: no params.txt of a trainer run next to it; pass --model NAME")
         log(f"model: {model_name} (from {checkpoint.resolve().parent.parent / 'params.txt'})")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-        raise ExportError(f"{out_dir}: exists and is not empty; choose another folder or pass --force")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir}: exists and is not a folder")
     kwargs = _create_kwargs(params) if params.get("model") == model_name else {}
     model_cfg = _model_cfg(model_name, kwargs, state_dict)
     extra = {"init_logit_bias": model_cfg["init_logit_bias"]} if "init_logit_bias" in model_cfg else {}
@@ -280,28 +317,52 @@ def export_checkpoint(
     before = _count(state_dict, buffers)
     context_length = model_cfg["text_cfg"].get("context_length", 77)
     images, texts = _probe_inputs(model, context_length)
-    fused = reparameterize_for_inference(model, model_cfg, images, texts)
-    if fused is not None:
-        b, a = fused["before"], fused["after"]
-        log(f"reparameterised the image tower: {b['params']:,} -> {a['params']:,} parameters, "
-            f"{b['macs'] / 1e6:,.1f} -> {a['macs'] / 1e6:,.1f} M image MACs at {images.shape[-1]} px; "
-            f"unit-norm embeddings max |diff| {fused['max_abs_diff']:.1e} (<= 1e-4)")
-    after = sum(p.numel() for p in model.parameters())
+    folder.remove_own()  # files of an earlier export here (never another file)
 
-    export_model(model, model_cfg, out_dir)
-    reloaded = open_clip.create_model(f"local-dir:{out_dir}").eval()
-    expected, got = _embed(model, images, texts), _embed(reloaded, images, texts)
+    fused = None
+    if plugin_format:
+        fused = _reparameterize(model, model_cfg, images, texts, log)
+        after = sum(p.numel() for p in model.parameters())
+        export_model(model, model_cfg, folder)
+        reloaded = open_clip.create_model(f"local-dir:{out_dir}").eval()
+        expected, got = _embed(model, images, texts), _embed(reloaded, images, texts)
+        how = "reloaded via local-dir: (with the plugin)"
+        tol = 1e-6
+    else:
+        try:
+            stock, stock_cfg = write_stock(model, model_cfg, folder)
+            expected = _embed(model, images, texts)
+            result = verify_without_plugin(out_dir, images, texts)
+        except StockExportError as e:
+            raise ExportError(f"{model_name}: cannot export as a stock OpenCLIP model: {e}") from None
+        got = result["image"], result["text"]
+        after = sum(p.numel() for p in stock.parameters())
+        how = f"reloaded by OpenCLIP without the plugin as {result['cls']} (OPEN_CLIP_LIGHTCLIP_DISABLE=1)"
+        tol = 1e-5
+        route = {"": "the trunk's own classifier is the projection", "none": "no projection",
+                 "mlp": "upstream's MLP projection"}.get(stock_cfg["vision_cfg"].get("timm_proj"), "")
+        log(f"stock OpenCLIP model: {stock_cfg['vision_cfg']['timm_model_name']} through upstream's TimmModel "
+            f"({route}); no model_class, loads without open-clip-lightclip")
+        if getattr(model.visual, "reparameterizable", False):
+            log("note: upstream OpenCLIP has no fused (reparameterised) form of this tower: the weights are written "
+                "unfused (its training form, the same embeddings); " + (
+                    "the ONNX files below are fused" if onnx else "--onnx writes the fused graph, "
+                    "--plugin-format the fused weights for the plugin"))
     diff = max(float((a - b).abs().max()) for a, b in zip(expected, got))
-    if diff > 1e-6:
-        raise ExportError(f"{out_dir}: reloaded model differs from the checkpoint (max |diff| {diff:.2e})")
+    if diff > tol:
+        raise ExportError(f"{out_dir}: reloaded model differs from the checkpoint (max |diff| {diff:.2e} > {tol})")
 
     removed = ", ".join(f"{k} {v:,}" for k, v in training_only.items()) or "none in the checkpoint"
     log(f"parameters before: {before:,} in {checkpoint} (training-only: {removed})")
     log(f"parameters after:  {after:,} in {out_dir / WEIGHTS_NAME}")
-    log(f"wrote {out_dir / CONFIG_NAME} and {out_dir / WEIGHTS_NAME}; "
-        f"reloaded via local-dir:, embeddings max |diff| {diff:.1e}")
-    report = ExportReport(model_name, out_dir, before, training_only, after, diff, reparameterized=fused)
+    log(f"wrote {out_dir / CONFIG_NAME} and {out_dir / WEIGHTS_NAME}; {how}, embeddings max |diff| {diff:.1e}")
+    report = ExportReport(model_name, out_dir, before, training_only, after, diff, reparameterized=fused,
+                          format="plugin" if plugin_format else "stock")
     if onnx:
+        if not plugin_format:
+            report.reparameterized = _reparameterize(model, model_cfg, images, texts, log)
+        for name in (IMAGE_ONNX, TEXT_ONNX):
+            folder.claim(out_dir / name)
         report.onnx_max_abs_diff = export_onnx(model, out_dir, context_length)
         worst = max(report.onnx_max_abs_diff.values(), default=0.0)
         if worst > 1e-4:
@@ -311,11 +372,24 @@ def export_checkpoint(
             log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX}; onnxruntime vs PyTorch: {shown}")
         else:
             log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX} (onnxruntime not installed: not verified)")
+    for path in folder.own_files():
+        path.chmod(FILE_MODE)
+    folder.marker.chmod(FILE_MODE)
     return report
+
+
+def _reparameterize(model, model_cfg, images, texts, log) -> Optional[dict]:
+    fused = reparameterize_for_inference(model, model_cfg, images, texts)
+    if fused is not None:
+        b, a = fused["before"], fused["after"]
+        log(f"reparameterised the image tower: {b['params']:,} -> {a['params']:,} parameters, "
+            f"{b['macs'] / 1e6:,.1f} -> {a['macs'] / 1e6:,.1f} M image MACs at {images.shape[-1]} px; "
+            f"unit-norm embeddings max |diff| {fused['max_abs_diff']:.1e} (<= 1e-4)")
+    return fused
 
 
 def main_error(exc: BaseException) -> str:
     """One-line message of an export failure."""
-    if isinstance(exc, (ExportError, CheckpointError)):
+    if isinstance(exc, (ExportError, CheckpointError, StockExportError)):
         return str(exc)
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
