@@ -3,14 +3,21 @@
 Plain PyTorch. ``training_only_module`` tells which keys belong to training-only modules
 (:data:`~.registry.TRAINING_ONLY_MODULES`), which inference models do not have.
 """
+import errno
+import pickle
+import zipfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, NoReturn, Optional
 
 import torch
 
 from .registry import TRAINING_ONLY_MODULES
 
-__all__ = ["CheckpointError", "read_state_dict", "training_only_module", "first_line", "unreadable"]
+__all__ = ["CheckpointError", "read_state_dict", "training_only_module", "first_line", "unreadable", "raise_unreadable"]
+
+# what torch.load / pickle / zip raise for bytes that are no (whole) checkpoint
+_CONTENT_ERRORS = (RuntimeError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError,
+                   zipfile.BadZipFile)
 
 
 class CheckpointError(RuntimeError):
@@ -31,9 +38,29 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
-def unreadable(path, exc: BaseException) -> CheckpointError:
-    """The one-line error for a file that exists but cannot be read as a checkpoint."""
-    return CheckpointError(f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {first_line(exc)}")
+def unreadable(path, exc: BaseException) -> BaseException:
+    """The one-line error for a file that exists but cannot be read as a checkpoint, by its cause: out of memory,
+    a folder, an I/O or permission error, or contents that are no checkpoint (truncated or corrupt). ``exc``
+    itself for any other exception (a bug, not the file: it keeps its traceback)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return CheckpointError(f"{path}: out of memory while reading it ({first_line(exc)}); free memory or read it "
+                               "on a machine with more")
+    if isinstance(exc, IsADirectoryError):
+        return CheckpointError(f"{path}: a folder, not a checkpoint file (name a file in it, e.g. epoch_N.pt)")
+    if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):  # EINVAL: a seek past a truncated end
+        return CheckpointError(f"{path}: cannot read the file ({first_line(exc)}); check its permissions and the "
+                               "disk or network it is on")
+    if isinstance(exc, (OSError, *_CONTENT_ERRORS)) or type(exc).__name__ == "SafetensorError":
+        return CheckpointError(f"{path}: cannot read it as a checkpoint (truncated or corrupt file?): {first_line(exc)}")
+    return exc
+
+
+def raise_unreadable(path, exc: BaseException) -> NoReturn:
+    """Raise :func:`unreadable`'s error for ``exc`` (from ``exc``), or ``exc`` itself with its traceback."""
+    error = unreadable(path, exc)
+    if error is exc:
+        raise exc
+    raise error from exc
 
 
 def _torch_load(path: Path, weights_only: bool, mmap: bool):
@@ -65,7 +92,7 @@ def read_state_dict(path, weights_only: bool = True, mmap: bool = False) -> Dict
         else:
             checkpoint = _torch_load(path, weights_only, mmap)
     except Exception as e:  # torch.load / pickle / zip / safetensors: each raises its own types
-        raise unreadable(path, e) from e
+        raise_unreadable(path, e)
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict) or not checkpoint or not all(

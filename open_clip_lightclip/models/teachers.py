@@ -14,6 +14,7 @@ The offline cache (``cache-teacher``) runs :meth:`Teacher.embed_raw` instead: th
 the teacher's own inference transform and the raw caption.
 """
 import logging
+import pickle
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -164,6 +165,14 @@ def check_teacher_spec(spec: str) -> str:
     return ""
 
 
+# what OpenCLIP raises for a wrong model name, pretrained tag or weights file (and a missing optional dependency)
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError, EOFError, pickle.UnpicklingError)
+
+
+def _first(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def build_teacher(spec: str, device="cpu", precision: str = "fp32", cache_dir: Optional[str] = None) -> Teacher:
     """A frozen :class:`Teacher` from ``MODEL=WEIGHTS`` (see :func:`parse_teacher`); TeacherError in one line."""
     import open_clip
@@ -176,9 +185,12 @@ def build_teacher(spec: str, device="cpu", precision: str = "fp32", cache_dir: O
         model, _, transform = open_clip.create_model_and_transforms(
             name, pretrained=weights, precision=precision, device=device, output_dict=True, cache_dir=cache_dir,
             require_pretrained=weights is not None)
-    except Exception as e:  # noqa: BLE001 - upstream raises many kinds; the user needs one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TeacherError(f"teacher {spec!r}: cannot load it ({msg}); check the model name and the weights") from e
+    except (torch.OutOfMemoryError, MemoryError) as e:  # before RuntimeError: it is one
+        raise TeacherError(f"teacher {spec!r}: out of memory while loading it on {device} ({_first(e)}); free memory, "
+                           "or precompute its embeddings with `open-clip-lightclip cache-teacher` and train with "
+                           "--distill-cache") from e
+    except _LOAD_ERRORS as e:  # what a wrong name, tag or file raises; any other exception is a bug: traceback
+        raise TeacherError(f"teacher {spec!r}: cannot load it ({_first(e)}); check the model name and the weights") from e
     tokenizer = open_clip.get_tokenizer(name)
     teacher = Teacher(model, tokenizer, spec, transform)
     logging.info(f"open-clip-lightclip: teacher {spec} ({teacher.image_size[0]} px, logit scale "

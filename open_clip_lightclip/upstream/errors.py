@@ -2,7 +2,9 @@
 
 Upstream's trainer lets every exception out as a traceback. For input errors a user can fix
 (an unreadable ``--resume`` file, a checkpoint that does not fit the run's model) the seam
-installs a ``sys.excepthook`` that prints one line naming the problem and the fix instead.
+installs a ``sys.excepthook`` that prints one line naming the problem and the fix instead: only for
+the plugin's own anticipated errors (``CheckpointError``, ``TeacherError``, ``DataError``, raised for a
+known cause) and the resume load's state_dict mismatch; any other exception keeps its traceback.
 ``OPEN_CLIP_LIGHTCLIP_TRACEBACK=1`` shows the full traceback as before.
 """
 import os
@@ -29,6 +31,17 @@ def _state_dict_mismatch(text: str) -> str:
     return "; ".join(parts) or "the keys differ"
 
 
+def _raised_by_the_resume_load(exc: BaseException) -> bool:
+    """True when ``exc`` left the trainer's ``main()`` at its ``model.load_state_dict(sd)`` of ``--resume`` (a
+    state_dict mismatch anywhere else, e.g. in the plugin's own code, is a bug and keeps its traceback)."""
+    import linecache
+    import traceback
+
+    lines = [linecache.getline(frame.f_code.co_filename, lineno) for frame, lineno in traceback.walk_tb(exc.__traceback__)
+             if frame.f_code.co_filename.replace(os.sep, "/").endswith("open_clip_train/main.py")]
+    return bool(lines) and "model.load_state_dict(" in lines[-1]
+
+
 def one_line(exc: BaseException, resume: Optional[str] = None) -> Optional[str]:
     """The one-line message for ``exc``, or None for an exception that keeps its traceback."""
     from ..models.checkpoint import CheckpointError
@@ -41,7 +54,8 @@ def one_line(exc: BaseException, resume: Optional[str] = None) -> Optional[str]:
 
     if isinstance(exc, DataError):  # raised in a DataLoader worker, it arrives with the worker's traceback
         return str(exc).strip().splitlines()[-1].split("DataError: ", 1)[-1]
-    if resume and isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc):
+    if resume and isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc) \
+            and _raised_by_the_resume_load(exc):
         return (f"--resume {resume}: the checkpoint does not fit this run's model ({_state_dict_mismatch(str(exc))}); "
                 f"resume with the --model and flags the run was started with, or start a new run from its "
                 f"weights with --pretrained {resume}")

@@ -62,6 +62,23 @@ def check_open_clip_version(version: str) -> None:
             f"run `pip install '{SUPPORTED_RANGE}'` or set OPEN_CLIP_LIGHTCLIP_DISABLE=1 to turn the plugin off")
 
 
+def _supported(open_clip: types.ModuleType) -> bool:
+    """True for an OpenCLIP in the supported range; else one warning (once per process) and the plugin stays off:
+    ``import open_clip`` and the trainer keep working as upstream's, without the plugin."""
+    version = getattr(open_clip, "__version__", "unknown")
+    try:
+        check_open_clip_version(version)
+    except ImportError:
+        if "unsupported_open_clip" not in _INSTALLED:
+            _INSTALLED.add("unsupported_open_clip")
+            logging.getLogger("open_clip_lightclip").warning(
+                f"open-clip-lightclip supports {SUPPORTED_RANGE}, found open_clip_torch {version}: the plugin is off "
+                f"and OpenCLIP works without it; `pip install '{SUPPORTED_RANGE}'` turns it on "
+                "(OPEN_CLIP_LIGHTCLIP_DISABLE=1 silences this warning)")
+        return False
+    return True
+
+
 # --- open_clip -----------------------------------------------------------------------------
 def _build_model(**model_cfg):
     """Stands in for ``open_clip.factory.CLIP``: builds the class named by ``model_class``."""
@@ -219,17 +236,18 @@ def upstream_has_hooks(open_clip: types.ModuleType) -> bool:
 
 
 def _upstream_has_hooks() -> bool:
+    """True where the seam leaves the trainer alone: an OpenCLIP with the hooks of ``patches/`` (it registers the
+    plugin itself), or one outside the supported range (the plugin is off)."""
     import open_clip
 
-    return upstream_has_hooks(open_clip)
+    return upstream_has_hooks(open_clip) or not _supported(open_clip)
 
 
 def install_open_clip(open_clip: types.ModuleType) -> None:
     if "open_clip" in _INSTALLED:
         return
-    if upstream_has_hooks(open_clip):
+    if upstream_has_hooks(open_clip) or not _supported(open_clip):
         return
-    check_open_clip_version(getattr(open_clip, "__version__", "unknown"))
     factory = open_clip.factory
 
     factory.add_model_config(model_configs_dir())
@@ -351,15 +369,15 @@ def install_scheduler(scheduler: types.ModuleType) -> None:
 
 # --- open_clip_train.file_utils ------------------------------------------------------------
 def install_file_utils(file_utils: types.ModuleType) -> None:
-    """``pt_load`` (the trainer's ``--resume``) raises a one-line ``CheckpointError`` naming the file
-    for a missing, truncated or corrupt local file, instead of torch's multi-line errors."""
+    """``pt_load`` (the trainer's ``--resume``) raises a one-line ``CheckpointError`` naming the file and the cause
+    (missing, a folder, unreadable, out of memory, truncated or corrupt), instead of torch's multi-line errors."""
     if "file_utils" in _INSTALLED or not hasattr(file_utils, "pt_load") or _upstream_has_hooks():
         return
     upstream = file_utils.pt_load
 
     @functools.wraps(upstream)
     def pt_load(file_path, map_location=None):
-        from ..models.checkpoint import CheckpointError, unreadable
+        from ..models.checkpoint import CheckpointError, raise_unreadable
 
         try:
             return upstream(file_path, map_location=map_location)
@@ -368,7 +386,7 @@ def install_file_utils(file_utils: types.ModuleType) -> None:
         except Exception as e:
             if "://" in str(file_path):  # remote (s3, ...): upstream's own errors say more
                 raise
-            raise unreadable(file_path, e) from e
+            raise_unreadable(file_path, e)  # by cause; an exception no file explains keeps its traceback
 
     file_utils.pt_load = pt_load
     _INSTALLED.add("file_utils")

@@ -19,14 +19,15 @@ def register() -> None:
         return
     import open_clip
 
-    from .hooks import check_open_clip_version, model_configs_dir, upstream_has_hooks
+    from .hooks import _supported, model_configs_dir, upstream_has_hooks
 
     if not upstream_has_hooks(open_clip):
         return  # a pristine OpenCLIP: the start-up hook patches it instead (hooks.py)
     from ..losses import get_loss_entry, list_losses
     from ..losses.progress import PROGRESS
     from ..models import TRAINING_ONLY_MODULES, get_model_class, list_model_classes
-    check_open_clip_version(getattr(open_clip, "__version__", "unknown"))
+    if not _supported(open_clip):  # one warning; OpenCLIP works without the plugin
+        return
     open_clip.add_model_config(model_configs_dir())
     for name in list_model_classes():
         open_clip.register_model_class(name, get_model_class(name))
