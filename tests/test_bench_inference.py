@@ -54,3 +54,13 @@ def test_bench_inference_towers_table_fuses_what_is_fusable(capsys):
     assert tiny[:5] == ["LightCLIP-Tiny", "`mobilenetv3_small_050`", "1x3x96x96", "699 k", "same"]
     assert repvit[1] == "`repvit_m0_9`" and repvit[4] != "same" and repvit[6] != "same"
     assert float(repvit[9]) > 0  # ONNX Runtime latency of the fused model (onnxruntime is a test dependency)
+
+
+def test_bench_inference_prints_progress_per_config(capsys):
+    assert cli_main(["bench", "inference", "--towers", "--models", "LightCLIP-Tiny", "LightCLIP-Tiny",
+                     "--repeats", "1", "--warmup", "0"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[bench inference] ")]
+    done = [line for line in err if " done in " in line]
+    assert [line.split(" ")[2] for line in done] == ["1/2", "2/2"]
+    assert all("elapsed " in line and "ETA " in line for line in done)
+    assert "ETA unknown" not in done[0] and done[-1].endswith("ETA 0s")

@@ -55,3 +55,20 @@ def test_count_work_counts_no_bytes_for_views():
 
     a = torch.ones(4, 6)
     assert count_work(lambda: a.view(6, 4).t().unsqueeze(0)) == (0, 0)
+
+
+def test_bench_train_prints_progress_per_arm_and_round(capsys):
+    """A line per arm and round as it finishes, with the time so far and an ETA, on stderr (the table stays alone
+    on stdout)."""
+    argv = ["bench", "train", "--model", "LightCLIP-Tiny", "--image-size", "64", "--batch-size", "4",
+            "--repeats", "2", "--warmup", "1", "--arms", "clip", "siglip"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("[bench train] ")]
+    steps = [line for line in lines if ", arm " in line]
+    assert [line[len("[bench train] "):].split(": ")[0] for line in steps] == [
+        f"{phase}, arm {i}/2 {arm}" for phase in ("warm-up 1/1", "round 1/2", "round 2/2", "memory")
+        for i, arm in ((1, "clip"), (2, "siglip"))]
+    assert all("elapsed " in line and "ETA " in line for line in steps)
+    assert steps[-1].endswith("ETA 0s")
+    assert "[bench train]" not in captured.out

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from . import sync_device
+from ._progress import Progress, Report
 from ._train_arms import ARMS, MODEL_SETTINGS
 
 __all__ = ["build_from_flags", "build_arm", "bench_steps", "bench_global_batch", "measure_peak", "count_work", "run"]
@@ -129,22 +130,53 @@ def _step(model, loss, optimizer, images, texts) -> None:
     optimizer.step()
 
 
+def _seconds_left(last: Dict[str, float], pending: List[str]) -> Optional[float]:
+    """Seconds the ``pending`` steps (arm names) take, each at its arm's last wall time (an arm not yet run: the
+    mean of those that have); None before any step."""
+    if not last:
+        return None
+    mean = sum(last.values()) / len(last)
+    return sum(last.get(name, mean) for name in pending)
+
+
 def bench_steps(arms: List[str], model_name: str, batch_size: int, image_size: int, device: torch.device,
-                repeats: int, warmup: int, extra: List[str] = (), clock=time.perf_counter) -> List[dict]:
+                repeats: int, warmup: int, extra: List[str] = (), clock=time.perf_counter,
+                progress: Optional[Report] = None) -> List[dict]:
+    """Median step time, ratio to the first arm, samples/s and peak memory of each arm; with ``progress``, a line
+    per arm and round as it finishes (its step time, the time so far and an ETA)."""
     built = {name: build_arm(name, model_name, image_size, device, extra) for name in arms}
     images, texts = _batch(model_name, batch_size, image_size, device)
+    if progress is not None:
+        progress(f"built {len(arms)} arm(s); {warmup} warm-up + {repeats} timed round(s) + 1 memory round to run", None)
     times: Dict[str, List[float]] = {name: [] for name in arms}
-    for round_index in range(warmup + repeats):
-        for name in arms:  # interleaved: A B C A B C ...
+    last: Dict[str, float] = {}  # wall seconds of each arm's latest step: the ETA's estimate
+
+    def report(label: str, index: int, name: str, pending: List[str]) -> None:
+        if progress is not None:
+            progress(f"{label}, arm {index + 1}/{len(arms)} {name}: {last[name]:.2f}s", _seconds_left(last, pending))
+
+    rounds = warmup + repeats
+    for round_index in range(rounds):
+        label = (f"warm-up {round_index + 1}/{warmup}" if round_index < warmup
+                 else f"round {round_index - warmup + 1}/{repeats}")
+        for index, name in enumerate(arms):  # interleaved: A B C A B C ...
             model, loss, optimizer = built[name]
+            wall = time.perf_counter()
             sync_device(device)
             start = clock()
             _step(model, loss, optimizer, images, texts)
             sync_device(device)
             if round_index >= warmup:
                 times[name].append(clock() - start)
+            last[name] = time.perf_counter() - wall
+            report(label, index, name, [*arms[index + 1:], *arms * (rounds - round_index - 1), *arms])
     # memory in a round of its own: measuring it (freeing the heap first) must not slow the timed steps
-    peaks = {name: measure_peak(lambda: _step(*built[name], images, texts), device) for name in arms}
+    peaks = {}
+    for index, name in enumerate(arms):
+        wall = time.perf_counter()
+        peaks[name] = measure_peak(lambda: _step(*built[name], images, texts), device)
+        last[name] = time.perf_counter() - wall
+        report("memory", index, name, arms[index + 1:])
     base = statistics.median(times[arms[0]])
     rows = []
     for name in arms:
@@ -177,16 +209,18 @@ class _SimulatedGather:
 def bench_global_batch(model_name: str, batch_size: int, image_size: int, device: torch.device,
                        global_batches: List[int], repeats: int, extra: List[str] = (),
                        clock=time.perf_counter, on_row: Optional[Callable[[dict], None]] = None,
-                       clip_step_s: Optional[float] = None) -> List[dict]:
+                       clip_step_s: Optional[float] = None, progress: Optional[Report] = None) -> List[dict]:
     """LightCLIP loss (instance and token terms) forward + backward at simulated global batch sizes, with
     its FLOPs and bytes (:func:`count_work`, one extra untimed call) and, given the time of a ``clip`` step
-    at the local batch, the step ratio ``(clip step + the term's time) / clip step``."""
+    at the local batch, the step ratio ``(clip step + the term's time) / clip step``. With ``progress``, a line
+    per row (ETA: each term's cost grows linearly with the global batch, as a ``local_loss`` row's does)."""
     model, loss, _ = build_arm("lightclip all", model_name, image_size, device, extra)
     images, texts = _batch(model_name, batch_size, image_size, device)
     with torch.no_grad():
         out = model(images, texts)
     rows = []
-    for global_batch in global_batches:
+    per_sample: Dict[str, float] = {}  # wall seconds of a term's latest row per global sample: the ETA's estimate
+    for index, global_batch in enumerate(global_batches):
         world = max(1, global_batch // batch_size)
         loss.local_loss = True
         loss._gather = _SimulatedGather(world)
@@ -199,6 +233,7 @@ def bench_global_batch(model_name: str, batch_size: int, image_size: int, device
                 value = loss(**leaves, output_dict=True)
                 sum(value.values()).backward()
 
+            wall = time.perf_counter()
             if not rows:
                 run_once()  # warm-up
             timings, peaks = [], []
@@ -213,8 +248,15 @@ def bench_global_batch(model_name: str, batch_size: int, image_size: int, device
             rows.append({"global_batch": world * batch_size, "term": term, "loss_s": median,
                          "peak_mib": None if None in peaks else max(peaks), "gflop": flops / 1e9, "gbytes": moved / 1e9,
                          "step_ratio": None if clip_step_s is None else (clip_step_s + median) / clip_step_s})
+            per_sample[term] = (time.perf_counter() - wall) / (world * batch_size)
             if on_row is not None:
                 on_row(rows[-1])
+            if progress is not None:
+                pending = [(t, max(1, b // batch_size) * batch_size) for b in global_batches[index + 1:]
+                           for t in ("instance", "token")] + ([("token", world * batch_size)] if term == "instance" else [])
+                left = sum(per_sample.get(t, per_sample["instance"]) * n for t, n in pending)
+                progress(f"global batch {world * batch_size} ({index + 1}/{len(global_batches)}), {term} term: "
+                         f"{median:.2f}s", left)
     return rows
 
 
@@ -253,21 +295,24 @@ def run(args: argparse.Namespace) -> int:
         print("error: --clock cpu measures this process's CPU time; use it with --device cpu")
         return 2
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    progress = Progress("bench train")  # stderr: the table on stdout can be redirected on its own
     print(f"model {args.model}, batch {args.batch_size}, {args.image_size} px, device {device}, "
           f"torch threads {torch.get_num_threads()}, {args.clock} clock, "
           f"{args.repeats} timed rounds after {args.warmup} warm-up\n", flush=True)
     if not args.global_batch:
         print(steps_table(bench_steps(args.arms, args.model, args.batch_size, args.image_size, device,
-                                      args.repeats, args.warmup, extra, clock)))
+                                      args.repeats, args.warmup, extra, clock, progress)))
     else:
         clip = bench_steps(["clip"], args.model, args.batch_size, args.image_size, device, args.repeats,
-                           args.warmup, extra=[], clock=clock)[0]["step_s"]
+                           args.warmup, extra=[], clock=clock,
+                           progress=lambda what, left: progress(f"clip base (the global batches follow), {what}", left)
+                           )[0]["step_s"]
         print(f"clip step at local batch {args.batch_size}: {clip:.3f} s (the step ratio's base)\n", flush=True)
         header = global_table([]).splitlines()
         print("\n".join(header), flush=True)  # rows as they come: the largest batches take minutes
         bench_global_batch(args.model, args.batch_size, args.image_size, device, args.global_batch, args.repeats,
                            extra, clock, on_row=lambda row: print(global_table([row]).splitlines()[-1], flush=True),
-                           clip_step_s=clip)
+                           clip_step_s=clip, progress=progress)
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import sync_device
+from ._progress import Progress
 
 __all__ = ["plain_openclip_model", "exported_lightclip_model", "measure", "markdown_table", "tower_row", "tower_table",
            "run"]
@@ -214,6 +215,11 @@ def tower_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def _seconds_left(elapsed: float, done: int, total: int) -> Optional[float]:
+    """The configs left at the mean time of those done (None before the first)."""
+    return elapsed / done * (total - done) if done else None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     import open_clip
@@ -234,17 +240,22 @@ def run(args: argparse.Namespace) -> int:
     cpu = platform.processor() or platform.machine()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu}, threads: {torch.get_num_threads()}"
     results = {}
+    progress = Progress("bench inference")  # stderr: the table on stdout can be redirected on its own
     with tempfile.TemporaryDirectory(prefix="lightclip-bench-") as tmp:
-        for name in names:
+        for index, name in enumerate(names):
             torch.manual_seed(0)
-            print(f"[bench inference] {name}: {args.repeats} timed calls each", file=sys.stderr, flush=True)
+            progress(f"{index + 1}/{len(names)} {name}: {args.repeats} timed calls each",
+                     _seconds_left(progress.elapsed(), index, len(names)))
+            start = time.perf_counter()
             if args.towers:
                 results[name] = tower_row(name, Path(tmp), args.batch_size, args.repeats, args.warmup)
-                continue
-            light, model_cfg = exported_lightclip_model(name, Path(tmp))
-            plain = plain_openclip_model(model_cfg)
-            light, plain = light.to(device), plain.to(device)
-            results[name] = measure(light, plain, model_cfg, args.batch_size, args.repeats, args.warmup, device)
+            else:
+                light, model_cfg = exported_lightclip_model(name, Path(tmp))
+                plain = plain_openclip_model(model_cfg)
+                light, plain = light.to(device), plain.to(device)
+                results[name] = measure(light, plain, model_cfg, args.batch_size, args.repeats, args.warmup, device)
+            progress(f"{index + 1}/{len(names)} {name} done in {time.perf_counter() - start:.1f}s",
+                     _seconds_left(progress.elapsed(), index + 1, len(names)))
     setup = f"batch {args.batch_size}, {where}, torch {torch.__version__}, median of {args.repeats}"
     if args.towers:
         print(f"Image encoders as deployed ({setup}; fused = `export`'s reparameterisation, \"same\" where the tower "
