@@ -110,3 +110,21 @@ def test_a_state_dict_mismatch_outside_the_resume_load_keeps_its_traceback():
     except RuntimeError as e:
         assert "Error(s) in loading state_dict" in str(e)
         assert one_line(e, resume="epoch_1.pt") is None
+
+
+@pytest.mark.slow
+def test_resume_with_other_heads_stops_and_a_finished_resume_says_nothing_is_left(train, tmp_path):
+    """--resume of a checkpoint whose training heads differ (MLM heads missing from the file) stops in one line
+    naming the --pretrained fix; one that already reached --epochs says so instead of exiting 0 without a word."""
+    extra = ["--force-image-size", "64", "--lightclip-mlm-weight", "0"]
+    _, ckpt_dir = train(loss="lightclip", extra=extra, name="first")
+    ckpt = ckpt_dir / "epoch_1.pt"
+    proc, _ = train(loss="lightclip", extra=["--force-image-size", "64", "--resume", str(ckpt)], name="heads",
+                    epochs=2, check=False)
+    assert proc.returncode != 0
+    line = one_line_error(proc.stderr)
+    assert line.startswith(f"error: --resume {ckpt}: the checkpoint does not fit this run's model ("), line
+    assert f"start a new run from its weights with --pretrained {ckpt}" in line
+    proc, _ = train(loss="lightclip", extra=[*extra, "--resume", str(ckpt)], name="done", epochs=1)
+    assert (f"--resume {ckpt} finished epoch 1 and --epochs is 1: nothing left to train; raise --epochs to train on"
+            in proc.stdout + proc.stderr)

@@ -368,6 +368,18 @@ def install_scheduler(scheduler: types.ModuleType) -> None:
 
 
 # --- open_clip_train.file_utils ------------------------------------------------------------
+def _warn_nothing_left(file_path, checkpoint) -> None:
+    """One warning when the trainer's ``--resume`` checkpoint already reached ``--epochs``: upstream then exits 0
+    having trained no step, without a word."""
+    args = _TRAINER_ARGS
+    if args is None or str(file_path) != str(getattr(args, "resume", None)) or not getattr(args, "train_data", None):
+        return
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+    if isinstance(epoch, int) and epoch >= args.epochs:
+        logging.warning(f"--resume {file_path} finished epoch {epoch} and --epochs is {args.epochs}: nothing left to "
+                        f"train; raise --epochs to train on")
+
+
 def install_file_utils(file_utils: types.ModuleType) -> None:
     """``pt_load`` (the trainer's ``--resume``) raises a one-line ``CheckpointError`` naming the file and the cause
     (missing, a folder, unreadable, out of memory, truncated or corrupt), instead of torch's multi-line errors."""
@@ -380,13 +392,15 @@ def install_file_utils(file_utils: types.ModuleType) -> None:
         from ..models.checkpoint import CheckpointError, raise_unreadable
 
         try:
-            return upstream(file_path, map_location=map_location)
+            checkpoint = upstream(file_path, map_location=map_location)
         except FileNotFoundError as e:
             raise CheckpointError(f"{file_path}: no such file") from e
         except Exception as e:
             if "://" in str(file_path):  # remote (s3, ...): upstream's own errors say more
                 raise
             raise_unreadable(file_path, e)  # by cause; an exception no file explains keeps its traceback
+        _warn_nothing_left(file_path, checkpoint)
+        return checkpoint
 
     file_utils.pt_load = pt_load
     _INSTALLED.add("file_utils")
