@@ -1,6 +1,5 @@
 """argparse types of the ``open-clip-lightclip`` subcommands: a bad value is a one-line usage error (exit 2)."""
 import argparse
-import math
 import os
 
 __all__ = ["at_least", "finite_float", "device", "new_file", "shell_words", "out_folder", "shards_folder", "fraction"]
@@ -23,14 +22,11 @@ def at_least(low: int):
 
 
 def finite_float(text: str) -> float:
-    """A float flag that is a finite number (no nan / inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+    """A float flag that is a finite number (no nan / inf): the trainer flags' own check, imported when a value
+    is given (the losses room imports torch)."""
+    from ..losses.flags import finite_float as check
+
+    return check(text)
 
 
 def device(text: str) -> str:
