@@ -412,3 +412,102 @@ def test_exported_models_load_in_a_venv_without_the_plugin(tmp_path):
     names = ["LightCLIP-Tiny", "LightCLIP-MNv3", "LightCLIP-EffB0", "LightCLIP-MNv4-S", "LightCLIP-RepViT-M0.9",
              "LightCLIP-MCi0", "LightCLIP-EfficientViT-B0", "LightCLIP-MobileOne-S0", "LightCLIP-Tiny+resnet10t"]
     _check_stock_models(tmp_path, _export_stock_models(tmp_path, names), python=str(python), env=env)
+
+
+# --- Hugging Face Hub: model card and --push ---------------------------------------------------
+def _fake_run(tmp_path, with_metrics=True):
+    ckpt = tmp_path / "run" / "checkpoints" / "epoch_2.pt"
+    ckpt.parent.mkdir(parents=True)
+    _fake_trainer_checkpoint(ckpt, force_image_size=64)
+    (tmp_path / "run" / "params.txt").write_text(
+        f"model: {MODEL}\nloss: lightclip\nlightclip_mlm_weight: 0.5\ntrain_data: /data/clipart/{{00000..00009}}.tar\n"
+        "dataset_type: webdataset\nepochs: 2\nbatch_size: 64\nforce_image_size: [64]\n")
+    if with_metrics:
+        (ckpt.parent / "results.jsonl").write_text(json.dumps({"image_to_text_R@1": 0.05, "epoch": 1}) + "\n"
+                                                   + json.dumps({"image_to_text_R@1": 0.125, "epoch": 2}) + "\n")
+    return ckpt
+
+
+def test_model_card_has_hub_metadata_towers_training_metrics_and_usage(tmp_path, capsys):
+    ckpt = _fake_run(tmp_path)
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(ckpt), str(out), "--license", "apache-2.0"]) == 0
+    card = (out / "README.md").read_text()
+    meta, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "library_name: open_clip" in meta and "license: apache-2.0" in meta and "- timm:mobilenetv3_small_050" in meta
+    model = open_clip.create_model(f"local-dir:{out}")
+    visual = sum(p.numel() for p in model.visual.parameters())
+    assert f"| {visual:,} |" in body and "MB" in body  # parameters (and MB) per tower
+    assert "`--loss lightclip`" in body and "/data/clipart/{00000..00009}.tar" in body and "lightclip_mlm_weight" in body
+    assert "| image_to_text_R@1 | 0.125 |" in body and "0.05" not in body  # the last evaluation the run logged
+    assert "create_model_and_transforms('local-dir:" in body and "@article{nie2023lightclip" in body
+    assert stat.S_IMODE((out / "README.md").stat().st_mode) == 0o644
+    no_metrics = _fake_run(tmp_path / "b", with_metrics=False)
+    assert cli_main(["export", str(no_metrics), str(tmp_path / "b" / "out")]) == 0
+    assert "no metrics are claimed" in (tmp_path / "b" / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("upstream_usable", [True, False])
+def test_push_uploads_the_exported_model_with_its_card(tmp_path, capsys, monkeypatch, upstream_usable):
+    """Upstream's open_clip.push_to_hf_hub when it can run; OpenCLIP 3.3.0 + huggingface_hub >= 1 cannot
+    (a removed import), then create_repo + upload_folder of the folder. The upload is stubbed."""
+    import huggingface_hub
+    from huggingface_hub.utils import EntryNotFoundError
+
+    hub = sys.modules["open_clip.push_to_hf_hub"]
+    uploaded, calls = tmp_path / "uploaded", {}
+
+    class FakeTokenizer:  # upstream swaps the CLIP tokenizer for openai's HF one (a download)
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def save_pretrained(self, path):
+            Path(path, "tokenizer.json").write_text("{}")
+
+    def upload_folder(repo_id, folder_path, **kwargs):
+        import shutil
+        calls["upload"] = repo_id
+        if "ignore_patterns" in kwargs:
+            calls["ignore"] = kwargs["ignore_patterns"]
+        shutil.copytree(folder_path, uploaded)
+        return "https://huggingface.co/me/tiny/commit/0"
+
+    def create_repo(repo_id, token=None, **kwargs):
+        calls.update(token=token)
+        return f"https://huggingface.co/{repo_id}"
+
+    if upstream_usable:
+        monkeypatch.setattr(hub, "_has_hf_hub", True)
+        monkeypatch.setattr(hub, "EntryNotFoundError", EntryNotFoundError, raising=False)
+        monkeypatch.setattr(hub, "HFTokenizer", FakeTokenizer)
+        monkeypatch.setattr(hub, "create_repo", create_repo, raising=False)
+        monkeypatch.setattr(hub, "repo_type_and_id_from_hf_id", lambda url: (None, *url.split("/")[-2:]),
+                            raising=False)
+        monkeypatch.setattr(hub, "list_repo_files", lambda repo_id: (_ for _ in ()).throw(RuntimeError("new")),
+                            raising=False)
+        monkeypatch.setattr(hub, "hf_hub_url", lambda **kw: "url", raising=False)
+        monkeypatch.setattr(hub, "get_hf_file_metadata", lambda url: (_ for _ in ()).throw(EntryNotFoundError("none")),
+                            raising=False)
+        monkeypatch.setattr(hub, "upload_folder", upload_folder, raising=False)
+    else:
+        monkeypatch.setattr(hub, "_has_hf_hub", False)
+        monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+        monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    ckpt = _fake_run(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # no token: one line, nothing uploaded
+    err = _one_line_error(capsys, ["export", str(ckpt), str(tmp_path / "a"), "--push", "me/tiny"])
+    assert "token" in err and "upload" not in calls
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    assert cli_main(["export", str(ckpt), str(tmp_path / "b"), "--push", "me/tiny"]) == 0
+    assert calls["token"] == "hf_test" and calls["upload"] == "me/tiny" and "pushed" in capsys.readouterr().out
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "README.md"} <= {p.name for p in uploaded.iterdir()}
+    if not upstream_usable:  # the folder as exported and checked, without the list of export's own files
+        assert calls["ignore"] == [MARKER]
+    readme = (uploaded / "README.md").read_text()
+    assert "library_name: open_clip" in readme and "hf-hub:me/tiny" in readme and "| image_to_text_R@1 |" in readme
+    uploaded_cfg = json.loads((uploaded / "open_clip_config.json").read_text())["model_cfg"]
+    assert "model_class" not in uploaded_cfg
+    assert set(read_state_dict(uploaded / "open_clip_model.safetensors")) == set(
+        read_state_dict(tmp_path / "b" / "open_clip_model.safetensors"))

@@ -8,7 +8,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     try:
         export_checkpoint(args.checkpoint, args.out_dir, model_name=args.model, onnx=args.onnx, force=args.force,
-                          plugin_format=args.plugin_format)
+                          plugin_format=args.plugin_format, license=args.license, push_repo=args.push,
+                          private=args.private)
     except Exception as e:  # one line naming the file and the problem
         print(f"error: {main_error(e)}", file=sys.stderr)
         return 1
@@ -38,6 +39,11 @@ def register(sub) -> None:
     p.add_argument("--plugin-format", action="store_true",
                    help="write the plugin's own layout instead (model_class: LightCLIP, reparameterisable towers "
                         "fused); loading it needs open-clip-lightclip")
+    p.add_argument("--license", default="mit", help="license in the model card's Hub metadata (default: mit)")
+    p.add_argument("--push", metavar="REPO_ID", default=None,
+                   help="upload the exported model to the Hugging Face Hub (open_clip.push_to_hf_hub; needs a "
+                        "token: `hf auth login` or HF_TOKEN); the card goes up when the repo has no README yet")
+    p.add_argument("--private", action="store_true", help="with --push: create the repo private")
     p.add_argument("--force", action="store_true",
                    help="write into OUT_DIR although it holds other files (beside them, never over them)")
     p.set_defaults(func=_cmd_export)

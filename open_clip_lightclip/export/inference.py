@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..data.owned import OutputFolder
 from ..models.checkpoint import CheckpointError, read_state_dict, training_only_module
+from .hub import CARD_NAME, HubError, card_metadata, front_matter, held_out_metrics, model_card, push
 from .stock import StockExportError, to_stock, verify_without_plugin
 
 __all__ = ["ExportError", "ExportReport", "export_checkpoint", "export_model", "export_onnx", "run_params", "write_stock",
@@ -246,7 +247,7 @@ def export_onnx(model: nn.Module, out_dir: Path, context_length: int, opset: int
     return diffs
 
 
-EXPORT_FILES = (CONFIG_NAME, WEIGHTS_NAME, IMAGE_ONNX, TEXT_ONNX, "README.md")
+EXPORT_FILES = (CONFIG_NAME, WEIGHTS_NAME, IMAGE_ONNX, TEXT_ONNX, CARD_NAME)
 FILE_MODE = 0o644  # world-readable, as a published model is
 
 
@@ -276,6 +277,9 @@ def export_checkpoint(
         onnx: bool = False,
         force: bool = False,
         plugin_format: bool = False,
+        license: str = "mit",
+        push_repo: Optional[str] = None,
+        private: bool = False,
         log: Callable[[str], None] = print,
 ) -> ExportReport:
     """Export ``checkpoint`` (a trainer ``epoch_N.pt``, a state_dict or a ``.safetensors``) to ``out_dir``.
@@ -286,10 +290,13 @@ def export_checkpoint(
     of the run's ``params.txt`` (next to ``checkpoints/``), as do ``--force-image-size`` /
     ``--force-context-length`` and the image mean / std / interpolation the run was trained with.
     ``out_dir`` may hold only files an earlier export wrote (``force``: others too; never written over).
+    A stock export also gets a model card (``README.md``); ``push_repo`` uploads it to the Hugging Face Hub.
     """
     import open_clip
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if push_repo and plugin_format:
+        raise ExportError("--push publishes the stock OpenCLIP model; drop --plugin-format")
     folder = OutputFolder(out_dir, "export", writes=lambda name: name in EXPORT_FILES, force=force)
     try:
         folder.check()
@@ -343,7 +350,11 @@ def export_checkpoint(
                  "mlp": "upstream's MLP projection"}.get(stock_cfg["vision_cfg"].get("timm_proj"), "")
         log(f"stock OpenCLIP model: {stock_cfg['vision_cfg']['timm_model_name']} through upstream's TimmModel "
             f"({route}); no model_class, loads without open-clip-lightclip")
+        notes = []
         if getattr(model.visual, "reparameterizable", False):
+            notes.append(f"`{stock_cfg['vision_cfg']['timm_model_name']}` is reparameterisable: stock OpenCLIP has "
+                         "no fused form, so these weights are the unfused (training) form, with the same "
+                         "embeddings" + ("; `image_encoder.onnx` is the fused graph." if onnx else "."))
             log("note: upstream OpenCLIP has no fused (reparameterised) form of this tower: the weights are written "
                 "unfused (its training form, the same embeddings); " + (
                     "the ONNX files below are fused" if onnx else "--onnx writes the fused graph, "
@@ -372,9 +383,25 @@ def export_checkpoint(
             log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX}; onnxruntime vs PyTorch: {shown}")
         else:
             log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX} (onnxruntime not installed: not verified)")
+    if not plugin_format:
+        if onnx:
+            notes.append(f"ONNX encoders: `{IMAGE_ONNX}` (`image` -> `image_features`) and `{TEXT_ONNX}` "
+                         "(`text` -> `text_features`), un-normalised like `encode_image` / `encode_text`.")
+        body = model_card(stock, stock_cfg, model_name, repo_id=push_repo, params=params,
+                          metrics=held_out_metrics(checkpoint), license=license, notes=tuple(notes),
+                          with_metadata=False)
+        meta = card_metadata(stock_cfg, license)
+        folder.claim(out_dir / CARD_NAME).write_text(front_matter(meta) + body)
+        log(f"wrote {out_dir / CARD_NAME} (model card: metadata, towers, training, held-out metrics, usage)")
     for path in folder.own_files():
         path.chmod(FILE_MODE)
     folder.marker.chmod(FILE_MODE)
+    if push_repo:
+        try:
+            push(out_dir, push_repo, body, meta, private=private, log=log)
+        except HubError as e:
+            raise ExportError(str(e)) from None
+        log(f"pushed {out_dir} to https://huggingface.co/{push_repo} (open_clip.push_to_hf_hub)")
     return report
 
 
@@ -390,6 +417,6 @@ def _reparameterize(model, model_cfg, images, texts, log) -> Optional[dict]:
 
 def main_error(exc: BaseException) -> str:
     """One-line message of an export failure."""
-    if isinstance(exc, (ExportError, CheckpointError, StockExportError)):
+    if isinstance(exc, (ExportError, CheckpointError, StockExportError, HubError)):
         return str(exc)
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
