@@ -5,15 +5,15 @@ the mean of every retrieval recall and zero-shot top-1 a run has, as DataComp av
 retrieval mean and the zero-shot mean stand beside it. The seeds won and the verdict are on the primary.
 """
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .arms import StudyError
 from .stats import PairedDiff, mean_sd, paired_difference
 
 __all__ = ["METRICS", "RECALL_KEYS", "ZEROSHOT_KEYS", "AGGREGATES", "PRIMARY_CHOICES", "DEFAULT_PRIMARY",
            "aggregate", "mean_recall", "check_primary", "metric_title", "describe_primary", "column_keys",
-           "summarize_runs", "markdown", "diff_cell", "forest_plot", "chance_levels", "chance_from_runs",
-           "PairedDiff"]
+           "summarize_runs", "markdown", "diff_cell", "is_control", "forest_figure", "forest_plot", "chance_levels",
+           "chance_from_runs", "PairedDiff"]
 
 METRICS = [  # (key, column title)
     ("i2t_R@1", "i→t R@1"), ("i2t_R@5", "i→t R@5"), ("i2t_R@10", "i→t R@10"),
@@ -176,45 +176,120 @@ def markdown(summary: dict, arms: Sequence[str], chance: Dict[str, float], heade
     return "\n".join(lines) + "\n"
 
 
-def forest_plot(path: Path, summary: dict, arms: Sequence[str], title: str) -> None:
-    """One panel per metric, the primary first: each arm's paired difference to the baseline with its 95% CI,
-    and a zero line."""
+def is_control(arm: str, controls: Sequence[str] = ()) -> bool:
+    """Whether ``arm`` is a control (an arm that should match the baseline: its bar shows the noise, not an effect):
+    named in ``controls`` or with "control" in its name."""
+    return arm in controls or "control" in arm.lower()
+
+
+def _extent(d: dict) -> Tuple[float, float]:
+    return (d["mean"], d["mean"]) if d["low"] is None else (d["low"], d["high"])
+
+
+def _limits(summary: dict, arms: Sequence[str], keys: Sequence[str]) -> Tuple[float, float]:
+    """x limits holding 0 and every interval of ``arms`` on ``keys``, with a margin."""
+    ends = [0.0] + [x for a in arms for k in keys if summary["paired"].get(a, {}).get(k)
+                    for x in _extent(summary["paired"][a][k])]
+    low, high = min(ends), max(ends)
+    pad = 0.08 * (high - low) or 1.0
+    return low - pad, high + pad
+
+
+def _score(summary: dict, key: str) -> str:
+    s = summary["arms"].get(summary["baseline"], {}).get(key)
+    if not s:
+        return "n/a"
+    return f"{s['mean']:.1f}" + (f" ± {s['sd']:.1f}" if s.get("sd") is not None else "") + " %"
+
+
+def forest_figure(summary: dict, arms: Sequence[str], title: str, controls: Sequence[str] = ()):
+    """The forest plot as a matplotlib figure (see :func:`forest_plot`); ``fig.panel_limits``: x limits per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = [a for a in arms if a != summary["baseline"]]
-    primary = summary.get("primary", DEFAULT_PRIMARY)
+    baseline, primary = summary["baseline"], summary.get("primary", DEFAULT_PRIMARY)
+    others = [a for a in arms if a != baseline]
+    tested = [a for a in others if not is_control(a, controls)]
+    ctrl = [a for a in others if is_control(a, controls)]
+    rows = tested + ctrl
+    ys = list(range(len(tested))) + [len(tested) + 0.6 + i for i in range(len(ctrl))]  # controls apart, below
     keys = [k for k in column_keys(primary) if any(k in summary["paired"].get(a, {}) for a in others)] or [primary]
-    ncols = min(3, len(keys))
-    nrows = (len(keys) + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 0.5 * len(others) * nrows + 1.6 * nrows),
-                             squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        for y, arm in enumerate(others):
+    rest = [k for k in keys if k != primary]
+    shared = _limits(summary, others, rest or [primary])
+    own = _limits(summary, others, [primary])
+    # the primary shares the panels' scale unless that would squeeze it to under half the width
+    primary_own = bool(rest) and (own[1] - own[0]) < 0.5 * (shared[1] - shared[0])
+    ncols = 3
+    nrest = (len(rest) + ncols - 1) // ncols
+    row_h = 0.3 * len(rows) + 1.3
+    fig = plt.figure(figsize=(5.2 * ncols, row_h * 1.4 + row_h * nrest + 1.2), layout="constrained")
+    grid = fig.add_gridspec(1 + nrest, ncols, height_ratios=[1.4] + [1] * nrest)
+    axes = {primary: fig.add_subplot(grid[0, :])}
+    for i, key in enumerate(rest):
+        axes[key] = fig.add_subplot(grid[1 + i // ncols, i % ncols])
+    for key, ax in axes.items():
+        is_primary = key == primary
+        for y, arm in zip(ys, rows):
             d = summary["paired"].get(arm, {}).get(key)
             if not d:
                 continue
-            color = "tab:green" if d["low"] is not None and d["low"] > 0 else \
-                "tab:red" if d["high"] is not None and d["high"] < 0 else "tab:gray"
+            if arm in ctrl:
+                color, face = "tab:blue", "white"
+            else:
+                color = "tab:green" if d["low"] is not None and d["low"] > 0 else \
+                    "tab:red" if d["high"] is not None and d["high"] < 0 else "tab:gray"
+                face = color
             if d["low"] is not None:
-                ax.plot([d["low"], d["high"]], [y, y], color=color, lw=2)
-            ax.plot([d["mean"]], [y], "o", color=color)
+                ax.plot([d["low"], d["high"]], [y, y], color=color, lw=3 if is_primary else 2)
+            ax.plot([d["mean"]], [y], "o", color=color, markerfacecolor=face, ms=8 if is_primary else 6)
+            if is_primary:
+                ax.annotate(diff_cell(d), (1.0, y), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                            textcoords="offset points", va="center", fontsize=9, color=color)
+        if ctrl:
+            ax.axhline(len(tested) - 0.2, color="tab:blue", lw=0.8, ls="--")
+            ax.axhspan(len(tested) - 0.2, ys[-1] + 0.5, color="tab:blue", alpha=0.06, lw=0)
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_yticks(range(len(others)))
-        ax.set_yticklabels(others)
-        ax.invert_yaxis()
-        ax.set_title(metric_title(key) + (" (primary)" if key == primary else ""), fontsize=10,
-                     fontweight="bold" if key == primary else "normal")
-        ax.set_xlabel(f"points vs {summary['baseline']}")
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    fig.suptitle(title + "\n(dot: mean paired difference; bar: 95% CI over seeds; green/red: CI excludes 0)",
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))  # 0.7 in for the two-line title
+        ax.set_xlim(*(own if is_primary and primary_own else shared))
+        ax.set_ylim(ys[-1] + 0.5, -0.5)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([a + (" (control)" if a in ctrl else "") for a in rows],
+                           fontsize=10 if is_primary else 9)
+        for label, arm in zip(ax.get_yticklabels(), rows):
+            if arm in ctrl:
+                label.set_color("tab:blue")
+                label.set_fontstyle("italic")
+        name = metric_title(key) + (" (primary)" if is_primary else "")
+        note = ": own x scale, zoomed in; the panels below share a wider one" if is_primary and primary_own else ""
+        ax.set_title(f"{name}{note}; {baseline} scores {_score(summary, key)}", fontsize=11 if is_primary else 9,
+                     fontweight="bold" if is_primary else "normal")
+        ax.set_xlabel(f"← worse    points vs {baseline}    better →", fontsize=10 if is_primary else 8)
+        ax.grid(axis="x", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+    lines = [title, f"baseline {baseline}: {metric_title(primary)} {_score(summary, primary)}",
+             "dot: mean paired difference; bar: 95% CI over seeds; green / red: CI excludes 0"
+             + ("; blue, hollow, apart: control (should match the baseline: its bar is the noise)" if ctrl else "")]
+    if rest:
+        lines.append("the metric panels share one x scale" + ("; the primary has its own" if primary_own
+                                                              else ", the primary's too"))
+    fig.suptitle("\n".join(lines), fontsize=10)
+    fig.panel_limits = {key: tuple(map(float, ax.get_xlim())) for key, ax in axes.items()}
+    return fig
+
+
+def forest_plot(path: Path, summary: dict, arms: Sequence[str], title: str,
+                controls: Sequence[str] = ()) -> Dict[str, Tuple[float, float]]:
+    """Each arm's paired difference to the baseline with its 95% CI, arms as rows: the primary metric on top (its
+    baseline score in the title), then one panel per metric on one shared x scale (the primary on it too unless
+    that squeezes it, which its title then says); controls (:func:`is_control`) apart at the bottom, labelled.
+    Returns the x limits of each metric's panel."""
+    import matplotlib.pyplot as plt
+
+    fig = forest_figure(summary, arms, title, controls)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig.panel_limits
 
 
 def _chance(n_images: int, n_classes: Optional[int], fashion: bool) -> Dict[str, float]:
