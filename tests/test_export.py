@@ -127,7 +127,7 @@ def test_export_writes_stock_open_clip_model_by_default(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "parameters before:" in printed and "parameters after:" in printed
     assert "without the plugin as CLIP" in printed and "no model_class" in printed
-    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, MARKER])
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, "README.md", MARKER])
     config = json.loads((out / CONFIG_NAME).read_text())
     assert "model_class" not in config["model_cfg"] and set(config["preprocess_cfg"]) >= {"mean", "std"}
     assert config["model_cfg"]["vision_cfg"]["timm_proj"] == ""  # the trunk's classifier is the projection
