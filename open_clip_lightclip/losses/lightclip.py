@@ -144,6 +144,7 @@ class LightCLIPLoss(nn.Module):
         if progress is None:
             from .progress import PROGRESS as progress
         self.progress = progress
+        self._logged_schedule = False
 
     def _gather(self, x: torch.Tensor, constant: bool = False, local_rows: bool = False,
                 grad: Optional[bool] = None) -> torch.Tensor:
@@ -272,6 +273,11 @@ class LightCLIPLoss(nn.Module):
                 mlm_loss_sum: Optional[torch.Tensor] = None, mlm_count: Optional[torch.Tensor] = None,
                 token_logit_scale: Optional[torch.Tensor] = None, output_dict: bool = False, **unused):
         losses = {}
+        if not self._logged_schedule:  # where the schedule starts (after --resume too), whichever route built the loss
+            self._logged_schedule = True
+            logging.info(f"lightclip soft labels: step {getattr(self.progress, 'step', '?')}/"
+                         f"{getattr(self.progress, 'total_steps', '?')} (t={self.progress.fraction:.3f}), "
+                         f"e(t)={self.soft_label_eps:.4f}")
         if self.instance_weight > 0:
             losses["instance_loss"] = self.instance_weight * self.instance_loss(
                 image_features, text_features, logit_scale)
