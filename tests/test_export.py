@@ -313,7 +313,8 @@ for out in sys.argv[1:]:
     model, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + out)
     x = torch.load(out + '.inputs.pt', weights_only=True)
     with torch.no_grad():
-        got = {'image': model.eval().encode_image(x['images']), 'text': model.encode_text(x['texts'])}
+        got = {'image': model.eval().encode_image(x['images'], normalize=True),
+               'text': model.encode_text(x['texts'], normalize=True)}
     got['cls'] = type(model).__name__
     got['context_length'] = open_clip.get_tokenizer('local-dir:' + out).context_length
     torch.save(got, out + '.result.pt')
@@ -347,12 +348,14 @@ def _export_stock_models(tmp_path, names, image_size=64):
         texts = open_clip.get_tokenizer(name)(["a red circle", "a blue cross on a white background", ""])
         torch.save({"images": images, "texts": texts[:, :context_length]}, f"{out}.inputs.pt")
         with torch.no_grad():
-            expected[name] = model.encode_image(images), model.encode_text(texts[:, :context_length])
+            expected[name] = (model.encode_image(images, normalize=True),
+                              model.encode_text(texts[:, :context_length], normalize=True))
     return expected
 
 
 def _check_stock_models(tmp_path, expected, python=sys.executable, env=None):
     env = {**os.environ, "OPEN_CLIP_LIGHTCLIP_DISABLE": "1"} if env is None else env
+    env = {**env, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same summation order as this process
     proc = subprocess.run([python, "-c", STOCK_RUNNER, *(str(tmp_path / n) for n in expected)], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -79,7 +79,7 @@ def test_export_fuses_a_reparameterisable_tower_and_reloads_it_fused(name, tmp_p
     ckpt = tmp_path / "model.pt"
     torch.save(model.state_dict(), ckpt)
     out = tmp_path / "out"
-    assert cli_main(["export", str(ckpt), str(out), "--model", name]) == 0
+    assert cli_main(["export", str(ckpt), str(out), "--model", name, "--plugin-format"]) == 0  # fused: plugin layout
     printed = capsys.readouterr().out
     assert "reparameterised the image tower:" in printed and "(<= 1e-4)" in printed
     cfg = json.loads((out / "open_clip_config.json").read_text())["model_cfg"]
