@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-extended install clean
 
 $(STAMP): pyproject.toml open_clip_lightclip.pth
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(VENV)/bin/lint-imports  # the rooms' import contract (pyproject.toml [tool.importlinter])
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations 15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations 15 -m "not extended"
+
+# the longest end-to-end runs (a plugin-free venv, ablate / demo end to end, more --torchcompile runs): minutes more
+test-extended: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations 15 -m extended
 
 clean:
 	rm -rf $(VENV) demo_out

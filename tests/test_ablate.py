@@ -135,6 +135,7 @@ def _losses(run_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
     out = tmp_path / "study"
     arms = ["clip", "inst=--loss lightclip --lightclip-token-weight 0 --lightclip-mlm-weight 0 "
@@ -194,6 +195,7 @@ def test_ablate_pairs_seeds_reports_and_resumes(mini_shards, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_demo_is_the_ablate_preset(mini_shards, tmp_path):
     fashion = write_fake_fashion_mnist(tmp_path / "fashion", n=30)
     out = tmp_path / "demo_out"

@@ -30,9 +30,9 @@ def varied_shards(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss,extra", [
-    ("clip", []),
+    pytest.param("clip", [], marks=pytest.mark.extended),  # the plain forward: also traced by the distilled student
     ("lightclip", []),  # the default: instance + token + MLM with fusion
-    ("cliplite", []),
+    pytest.param("cliplite", [], marks=pytest.mark.extended),  # the plain forward, another loss (not compiled)
     ("clip", ["distill"]),
 ])
 def test_torchcompile_trains_every_objective_with_bounded_recompiles(varied_shards, tmp_path, loss, extra):

@@ -404,6 +404,7 @@ def _plugin_free_venv(path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_exported_models_load_in_a_venv_without_the_plugin(tmp_path):
     """The strongest proof: an interpreter in which open_clip_lightclip cannot even be imported."""
     python = _plugin_free_venv(tmp_path / "venv")

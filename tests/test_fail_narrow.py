@@ -113,6 +113,7 @@ def test_a_state_dict_mismatch_outside_the_resume_load_keeps_its_traceback():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_resume_with_other_heads_stops_and_a_finished_resume_says_nothing_is_left(train, tmp_path):
     """--resume of a checkpoint whose training heads differ (MLM heads missing from the file) stops in one line
     naming the --pretrained fix; one that already reached --epochs says so instead of exiting 0 without a word."""

@@ -101,3 +101,15 @@ def test_train_with_accum_freq_then_resume_where_it_stopped(train):
     assert "=> resuming checkpoint" in log2
     assert _schedule_lines(log2) == [0.15, 0.225]  # picks up at step 2 of 4 (t = 0.5, 0.75)
     assert (ckpt_dir2 / "epoch_2.pt").is_file()
+
+
+def test_help_shows_every_plugin_flags_default(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    blocks = [re.sub(r"\s+", " ", b) for b in re.split(r"\n  (?=--[a-z])", text[text.index("open-clip-lightclip:"):])]
+    flags = [b for b in blocks if b.startswith(("--lightclip-", "--cliplite-", "--distill-"))
+             and not b.startswith(("--distill-cache", "--distill-teacher "))]  # a switch, and a list without default
+    assert len(flags) > 25
+    missing = [b.split()[0] for b in flags if "default" not in b]
+    assert missing == []

@@ -238,6 +238,7 @@ def test_the_diff_alone_trains_every_plugin_loss_and_loads_its_checkpoints(patch
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_distillation_trains_through_the_diffs_train_hook(patched_src, train, tiny_shards, tmp_path):
     """Distillation works with every --loss on the diff's route too: the plugin registers it as a train hook
     (flags, checks, teachers on the trainer's model, the loss wrapped, the cached-embedding data stage), and the

@@ -12,6 +12,7 @@ __all__ = ["add_args", "check_args", "idle_flag_warnings"]
 def add_args(parser: argparse.ArgumentParser) -> None:
     from ..losses import get_loss_entry, list_losses
 
+    first = len(parser._actions)
     group = parser.add_argument_group("open-clip-lightclip")
     group.add_argument(
         "--loss",
@@ -27,6 +28,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     from ..losses.distill import add_distill_args
 
     add_distill_args(parser.add_argument_group("distillation (every --loss)"))
+    for action in parser._actions[first:]:  # --help shows every plugin flag's default
+        if action.help and action.default is not None and "default" not in action.help:
+            action.help += " (default: %(default)s)"
 
 
 def _check_model_name(name: str) -> str:
