@@ -78,3 +78,43 @@ def test_lightclip_step_identical_with_and_without_trimming(attention):
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5), name
+
+
+def test_grad_checkpointing_covers_the_mlm_pass():
+    """--grad-checkpointing: the MLM pass through the shared text blocks is checkpointed too (it called the blocks
+    directly), with the same loss and gradients."""
+    import torch.utils.checkpoint as cp
+
+    model = _model(token=False, mlm=True)
+    images = torch.randn(3, 3, 64, 64)
+    text = open_clip.get_tokenizer("LightCLIP-Tiny")(CAPTIONS)
+    mlm_mask = mask_tokens(text, text_word_mask(text), 0.3, generator=torch.Generator().manual_seed(0))
+    loss = LightCLIPLoss(token_weight=0, mlm_weight=0.5, progress=type("P", (), {"fraction": 0.5})())
+    calls = []
+    original = cp.checkpoint
+
+    def counting(fn, *args, **kw):
+        calls.append(fn)
+        return original(fn, *args, **kw)
+
+    results = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        calls.clear()
+
+        def step():
+            out = model.forward_train(images, text, mlm_mask=mlm_mask)
+            return loss(**out, logit_scale=model.logit_scale.exp())
+
+        import open_clip_lightclip.models.train_heads as heads
+        heads.checkpoint = counting
+        try:
+            results.append(_grads(model, step))
+        finally:
+            heads.checkpoint = original
+        if enable:
+            assert len(calls) == len(model.text.transformer.resblocks)  # every block of the MLM pass
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6), name

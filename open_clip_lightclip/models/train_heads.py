@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .fusion import FusionBlock, ImageKV
 from .numerics import no_autocast
@@ -135,8 +136,12 @@ class LightCLIPTrainHeads(nn.Module):
         x = x + text_tower.positional_embedding[:text.shape[1]].to(cast_dtype)  # text may be trimmed
         attn_mask = self._attn_mask(text_tower, text, x.dtype)
         k, v = self.image_kv(image_tokens)
+        checkpointed = text_tower.transformer.grad_checkpointing and torch.is_grad_enabled()  # --grad-checkpointing
         for index, block in enumerate(text_tower.transformer.resblocks, start=1):
-            x = block(x, attn_mask=attn_mask)
+            if checkpointed:  # as the text tower's own forward checkpoints its blocks
+                x = checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask)
             if str(index) in self.fusion:
                 x = self.fusion[str(index)](x, k, v)
         x = text_tower.ln_final(x)
