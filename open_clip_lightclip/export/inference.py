@@ -15,13 +15,15 @@ By default the model is a stock OpenCLIP ``CLIP`` (see :mod:`.stock`): ``open_cl
 import ast
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..data.owned import OutputFolder
 from ..models.checkpoint import CheckpointError, read_state_dict, training_only_module
+from .precision import (PRECISIONS, PrecisionError, PrecisionResult, check_precisions, compare_precisions,
+                        held_out_batch, precision_files, summarize, write_precisions)
 from .hub import CARD_NAME, HubError, card_metadata, front_matter, held_out_metrics, model_card, push
 from .stock import StockExportError, to_stock, verify_without_plugin
 
@@ -48,6 +50,7 @@ class ExportReport:
     params_after: int  # in the exported model
     max_abs_diff: float  # embeddings: checkpoint vs exported (reloaded via local-dir:)
     onnx_max_abs_diff: Dict[str, float] = field(default_factory=dict)
+    onnx_precisions: List[PrecisionResult] = field(default_factory=list)
     reparameterized: Optional[dict] = None  # params / image MACs before and after fusing, max |diff| of embeddings
     format: str = "stock"  # "stock" (upstream OpenCLIP, no model_class) or "plugin" (model_class: LightCLIP)
 
@@ -247,7 +250,7 @@ def export_onnx(model: nn.Module, out_dir: Path, context_length: int, opset: int
     return diffs
 
 
-EXPORT_FILES = (CONFIG_NAME, WEIGHTS_NAME, IMAGE_ONNX, TEXT_ONNX, CARD_NAME)
+EXPORT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) + tuple(n for p in PRECISIONS for n in precision_files(p))
 FILE_MODE = 0o644  # world-readable, as a published model is
 
 
@@ -275,6 +278,7 @@ def export_checkpoint(
         out_dir,
         model_name: Optional[str] = None,
         onnx: bool = False,
+        onnx_precision: Sequence[str] = ("fp32",),
         force: bool = False,
         plugin_format: bool = False,
         license: str = "mit",
@@ -291,12 +295,14 @@ def export_checkpoint(
     ``--force-context-length`` and the image mean / std / interpolation the run was trained with.
     ``out_dir`` may hold only files an earlier export wrote (``force``: others too; never written over).
     A stock export also gets a model card (``README.md``); ``push_repo`` uploads it to the Hugging Face Hub.
+    ``onnx_precision`` (with ``onnx``): fp16 / int8 encoders beside the fp32 ones, each compared with fp32 PyTorch.
     """
     import open_clip
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if push_repo and plugin_format:
         raise ExportError("--push publishes the stock OpenCLIP model; drop --plugin-format")
+    precisions = check_precisions(onnx_precision) if onnx else []
     folder = OutputFolder(out_dir, "export", writes=lambda name: name in EXPORT_FILES, force=force)
     try:
         folder.check()
@@ -383,10 +389,22 @@ def export_checkpoint(
             log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX}; onnxruntime vs PyTorch: {shown}")
         else:
             log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX} (onnxruntime not installed: not verified)")
+        if len(precisions) > 1:
+            write_precisions(out_dir, precisions, claim=folder.claim)
+            held_images, held_texts = held_out_batch(model, model_name, context_length)
+            report.onnx_precisions = compare_precisions(model, out_dir, precisions, held_images, held_texts)
+            log(f"ONNX precisions on {len(held_images)} held-out synthetic shapes (fp16: keep_io_types; "
+                "int8: dynamic quantisation, both towers):")
+            for line in summarize(report.onnx_precisions):
+                log("  " + line)
     if not plugin_format:
         if onnx:
             notes.append(f"ONNX encoders: `{IMAGE_ONNX}` (`image` -> `image_features`) and `{TEXT_ONNX}` "
                          "(`text` -> `text_features`), un-normalised like `encode_image` / `encode_text`.")
+            for r in report.onnx_precisions:
+                if r.precision != "fp32":
+                    notes.append(f"`{r.path.name}`: {r.precision}, {r.mb:.2f} MB, min cosine to fp32 "
+                                 f"{r.min_cosine:.4f} on held-out synthetic shapes.")
         body = model_card(stock, stock_cfg, model_name, repo_id=push_repo, params=params,
                           metrics=held_out_metrics(checkpoint), license=license, notes=tuple(notes),
                           with_metadata=False)
@@ -417,6 +435,6 @@ def _reparameterize(model, model_cfg, images, texts, log) -> Optional[dict]:
 
 def main_error(exc: BaseException) -> str:
     """One-line message of an export failure."""
-    if isinstance(exc, (ExportError, CheckpointError, StockExportError, HubError)):
+    if isinstance(exc, (ExportError, CheckpointError, StockExportError, HubError, PrecisionError)):
         return str(exc)
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
