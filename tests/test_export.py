@@ -515,3 +515,41 @@ def test_push_uploads_the_exported_model_with_its_card(tmp_path, capsys, monkeyp
     assert "model_class" not in uploaded_cfg
     assert set(read_state_dict(uploaded / "open_clip_model.safetensors")) == set(
         read_state_dict(tmp_path / "b" / "open_clip_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_onnx_precisions_written_loaded_and_compared(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
+    pytest.importorskip("onnx", reason="onnx not installed (pip install 'open-clip-lightclip[onnx]')")
+    from open_clip_lightclip.export import COSINE_THRESHOLD, precision_files
+
+    ckpt = tmp_path / "epoch_1.pt"
+    _fake_trainer_checkpoint(ckpt, force_image_size=64)
+    out = tmp_path / "exported"
+    lines = []
+    report = export_checkpoint(ckpt, out, model_name=MODEL, onnx_precision=["fp32", "fp16", "int8"], onnx=True,
+                               log=lines.append)
+    got = {(r.precision, r.tower): r for r in report.onnx_precisions}
+    assert set(got) == {(p, t) for p in ("fp32", "fp16", "int8") for t in ("image", "text")}
+    for precision in ("fp16", "int8"):
+        for name in precision_files(precision):
+            assert (out / name).is_file() and stat.S_IMODE((out / name).stat().st_mode) == 0o644
+    for (precision, tower), r in got.items():
+        assert r.path.name in precision_files(precision) and r.mb > 0
+        assert -1.0 <= r.min_cosine <= 1.0 + 1e-5
+        printed = [s for s in lines if s.strip().startswith(r.path.name + ":")]
+        assert len(printed) == 1 and f"{r.mb:.2f} MB" in printed[0] and f"{r.min_cosine:.5f}" in printed[0]
+        if r.precision == "fp32":
+            assert r.min_cosine > 0.9999
+    assert got["fp16", "text"].mb < 0.6 * got["fp32", "text"].mb
+    assert got["int8", "text"].mb < 0.35 * got["fp32", "text"].mb
+    for precision in ("fp16", "int8"):  # below the threshold it is said, never hidden
+        worst = min(got[precision, t].min_cosine for t in ("image", "text"))
+        flagged = any(s.strip().startswith(f"precision {precision} loses more than") for s in lines)
+        assert flagged == (worst < COSINE_THRESHOLD)
+    assert "int8.onnx" in (out / "README.md").read_text()
+    # a bad precision is refused in one line, before anything is written
+    assert cli_main(["export", str(ckpt), str(tmp_path / "bad"), "--model", MODEL, "--onnx-precision", "fp32", "int4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'int4'" in err and "fp32 fp16 int8" in err
+    assert not (tmp_path / "bad").exists()
