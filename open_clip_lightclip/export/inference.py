@@ -176,13 +176,19 @@ def _embed(model: nn.Module, images: torch.Tensor, texts: torch.Tensor) -> Tuple
 def export_model(model: nn.Module, model_cfg: dict, out_dir) -> None:
     """Write ``open_clip_config.json`` (as ``push_to_hf_hub`` does) and ``open_clip_model.safetensors`` in the
     plugin's layout (``model_cfg`` as given). ``out_dir``: a folder path or an :class:`OutputFolder`."""
-    from open_clip.push_to_hf_hub import save_config_for_hf
-    from safetensors.torch import save_file
-
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     leaked = sorted({training_only_module(k) for k in state_dict} - {None})
     if leaked:
         raise ExportError(f"inference model still has training-only modules {leaked}")
+    _write_weights_and_config(model, state_dict, model_cfg, out_dir)
+
+
+def _write_weights_and_config(model: nn.Module, state_dict: Dict[str, torch.Tensor], model_cfg: dict, out_dir) -> None:
+    """``open_clip_model.safetensors`` and ``open_clip_config.json`` (as ``push_to_hf_hub`` writes them) in
+    ``out_dir`` (a folder path, or an :class:`OutputFolder` that records them as its own), world-readable."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
     if isinstance(out_dir, OutputFolder):
         weights, config = out_dir.claim(out_dir.path / WEIGHTS_NAME), out_dir.claim(out_dir.path / CONFIG_NAME)
     else:
@@ -190,7 +196,8 @@ def export_model(model: nn.Module, model_cfg: dict, out_dir) -> None:
         weights, config = Path(out_dir) / WEIGHTS_NAME, Path(out_dir) / CONFIG_NAME
     save_file(state_dict, str(weights))
     save_config_for_hf(model, config, model_config=model_cfg)
-    # tuples (e.g. mean/std) come back as lists from JSON; nothing else to normalise
+    for path in (weights, config):
+        path.chmod(FILE_MODE)
 
 
 class _ImageEncoder(nn.Module):
@@ -257,19 +264,8 @@ FILE_MODE = 0o644  # world-readable, as a published model is
 def write_stock(model: nn.Module, model_cfg: dict, out_dir) -> Tuple[nn.Module, dict]:
     """Write ``model`` (LightCLIP in its training form, eval mode) as a stock OpenCLIP model into ``out_dir``
     (a path or an :class:`OutputFolder`); returns the stock ``CLIP`` and its config."""
-    from open_clip.push_to_hf_hub import save_config_for_hf
-    from safetensors.torch import save_file
-
     stock, cfg, state_dict = to_stock(model, model_cfg)
-    if isinstance(out_dir, OutputFolder):
-        weights, config = out_dir.claim(out_dir.path / WEIGHTS_NAME), out_dir.claim(out_dir.path / CONFIG_NAME)
-    else:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        weights, config = Path(out_dir) / WEIGHTS_NAME, Path(out_dir) / CONFIG_NAME
-    save_file(state_dict, str(weights))
-    save_config_for_hf(model, config, model_config=cfg)
-    for path in (weights, config):
-        path.chmod(FILE_MODE)
+    _write_weights_and_config(model, state_dict, cfg, out_dir)
     return stock, cfg
 
 
