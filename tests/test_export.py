@@ -518,6 +518,7 @@ def test_push_uploads_the_exported_model_with_its_card(tmp_path, capsys, monkeyp
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # ~40 s of ONNX conversion and quantisation: make test-extended
 def test_onnx_precisions_written_loaded_and_compared(tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
     pytest.importorskip("onnx", reason="onnx not installed (pip install 'open-clip-lightclip[onnx]')")
