@@ -22,8 +22,9 @@ import torch.nn as nn
 
 from ..data.owned import OutputFolder
 from ..models.checkpoint import CheckpointError, read_state_dict, training_only_module
-from .precision import (PRECISIONS, PrecisionError, PrecisionResult, check_precisions, compare_precisions,
-                        held_out_batch, precision_files, summarize, write_precisions)
+from .precision import (CALIBRATION_EXAMPLE, INT8_IMAGE_MODES, PRECISIONS, PrecisionError, PrecisionResult,
+                        calibration_images, check_calibration_data, check_precisions, compare_precisions,
+                        eval_transform, held_out_batch, precision_files, summarize, write_precisions)
 from .hub import CARD_NAME, HubError, card_metadata, front_matter, held_out_metrics, model_card, push
 from .stock import StockExportError, to_stock, verify_without_plugin
 
@@ -51,6 +52,7 @@ class ExportReport:
     max_abs_diff: float  # embeddings: checkpoint vs exported (reloaded via local-dir:)
     onnx_max_abs_diff: Dict[str, float] = field(default_factory=dict)
     onnx_precisions: List[PrecisionResult] = field(default_factory=list)
+    onnx_methods: Dict[str, str] = field(default_factory=dict)  # fp16 / int8 file name -> how it was made
     reparameterized: Optional[dict] = None  # params / image MACs before and after fusing, max |diff| of embeddings
     format: str = "stock"  # "stock" (upstream OpenCLIP, no model_class) or "plugin" (model_class: LightCLIP)
 
@@ -280,6 +282,9 @@ def export_checkpoint(
         license: str = "mit",
         push_repo: Optional[str] = None,
         private: bool = False,
+        calibration_data: Optional[str] = None,
+        calibration_samples: int = 256,
+        int8_image: Optional[str] = None,
         log: Callable[[str], None] = print,
 ) -> ExportReport:
     """Export ``checkpoint`` (a trainer ``epoch_N.pt``, a state_dict or a ``.safetensors``) to ``out_dir``.
@@ -292,6 +297,8 @@ def export_checkpoint(
     ``out_dir`` may hold only files an earlier export wrote (``force``: others too; never written over).
     A stock export also gets a model card (``README.md``); ``push_repo`` uploads it to the Hugging Face Hub.
     ``onnx_precision`` (with ``onnx``): fp16 / int8 encoders beside the fp32 ones, each compared with fp32 PyTorch.
+    The int8 image tower is static QDQ calibrated on the first ``calibration_samples`` images of the webdataset
+    shards ``calibration_data`` (a brace pattern) when given, else dynamic; ``int8_image`` forces the mode.
     """
     import open_clip
 
@@ -299,6 +306,7 @@ def export_checkpoint(
     if push_repo and plugin_format:
         raise ExportError("--push publishes the stock OpenCLIP model; drop --plugin-format")
     precisions = check_precisions(onnx_precision) if onnx else []
+    _check_int8_options(precisions, calibration_data, calibration_samples, int8_image)
     folder = OutputFolder(out_dir, "export", writes=lambda name: name in EXPORT_FILES, force=force)
     try:
         folder.check()
@@ -386,11 +394,20 @@ def export_checkpoint(
         else:
             log(f"wrote {out_dir / IMAGE_ONNX} and {out_dir / TEXT_ONNX} (onnxruntime not installed: not verified)")
         if len(precisions) > 1:
-            write_precisions(out_dir, precisions, claim=folder.claim)
+            calibration = None
+            if "int8" in precisions and calibration_data and int8_image != "dynamic":
+                cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+                calibration = calibration_images(calibration_data, calibration_samples,
+                                                 eval_transform(getattr(model.visual, "image_size", 224), cfg))
+            written = write_precisions(out_dir, precisions, claim=folder.claim, calibration=calibration,
+                                       calibration_source=calibration_data or "", int8_image=int8_image)
+            if "int8" in precisions:
+                log(_int8_line(calibration, calibration_data, int8_image))
             held_images, held_texts = held_out_batch(model, model_name, context_length)
             report.onnx_precisions = compare_precisions(model, out_dir, precisions, held_images, held_texts)
+            report.onnx_methods = {p.name: how for p, how in written.items()}
             log(f"ONNX precisions on {len(held_images)} held-out synthetic shapes (fp16: keep_io_types; "
-                "int8: dynamic quantisation, both towers):")
+                "int8 as above):")
             for line in summarize(report.onnx_precisions):
                 log("  " + line)
     if not plugin_format:
@@ -399,7 +416,8 @@ def export_checkpoint(
                          "(`text` -> `text_features`), un-normalised like `encode_image` / `encode_text`.")
             for r in report.onnx_precisions:
                 if r.precision != "fp32":
-                    notes.append(f"`{r.path.name}`: {r.precision}, {r.mb:.2f} MB, min cosine to fp32 "
+                    how = report.onnx_methods.get(r.path.name, r.precision)
+                    notes.append(f"`{r.path.name}`: {how}, {r.mb:.2f} MB, min cosine to fp32 "
                                  f"{r.min_cosine:.4f} on held-out synthetic shapes.")
         body = model_card(stock, stock_cfg, model_name, repo_id=push_repo, params=params,
                           metrics=held_out_metrics(checkpoint), license=license, notes=tuple(notes),
@@ -417,6 +435,31 @@ def export_checkpoint(
             raise ExportError(str(e)) from None
         log(f"pushed {out_dir} to https://huggingface.co/{push_repo} (open_clip.push_to_hf_hub)")
     return report
+
+
+def _check_int8_options(precisions: Sequence[str], calibration_data: Optional[str], calibration_samples: int,
+                        int8_image: Optional[str]) -> None:
+    """Refuse, in one line and before anything is written, calibration options that cannot apply."""
+    if int8_image is not None and int8_image not in INT8_IMAGE_MODES:
+        raise ExportError(f"--int8-image: unknown {int8_image!r}; choose from {' '.join(INT8_IMAGE_MODES)}")
+    if (calibration_data or int8_image) and "int8" not in precisions:
+        raise ExportError("--calibration-data / --int8-image apply to int8 ONNX: add --onnx-precision fp32 int8")
+    if int8_image == "static" and not calibration_data:
+        raise ExportError(f"--int8-image static needs calibration images: add --calibration-data {CALIBRATION_EXAMPLE}")
+    if calibration_samples < 1:
+        raise ExportError(f"--calibration-samples must be >= 1, got {calibration_samples}")
+    if calibration_data:
+        check_calibration_data(calibration_data)
+
+
+def _int8_line(calibration, calibration_data: Optional[str], int8_image: Optional[str]) -> str:
+    if calibration is not None:
+        return (f"int8: image tower static QDQ (int8 weights per channel, int8 activations calibrated on "
+                f"{len(calibration)} images from {calibration_data}); text tower dynamic")
+    if int8_image == "dynamic":
+        return "int8: dynamic quantisation for both towers (--int8-image dynamic)"
+    return ("int8: dynamic quantisation for both towers: no --calibration-data, so the image tower is dynamic too "
+            f"(give --calibration-data {CALIBRATION_EXAMPLE} for static QDQ)")
 
 
 def _reparameterize(model, model_cfg, images, texts, log) -> Optional[dict]:
