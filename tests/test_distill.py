@@ -103,7 +103,8 @@ def test_packed_texts_round_trip_exactly():
     tokens = torch.tensor([49406, 320, 1125, 49407, 0, 0])
     emb = torch.randn(2, 7)
     packed = torch.stack([pack_text(tokens, emb.numpy()), pack_text(tokens.flip(0), (2 * emb).numpy())])
-    back, per_teacher = unpack_texts(packed, [3, 4])
+    back, syn, per_teacher = unpack_texts(packed, [3, 4])
+    assert syn is None
     assert back.dtype == torch.long and torch.equal(back, torch.stack([tokens, tokens.flip(0)]))
     torch.testing.assert_close(per_teacher[0][0], torch.stack([emb[0, :3], 2 * emb[0, :3]]), rtol=0, atol=0)
     torch.testing.assert_close(per_teacher[1][1], torch.stack([emb[1, 3:], 2 * emb[1, 3:]]), rtol=0, atol=0)

@@ -57,7 +57,7 @@ def test_cliplite_and_cached_distillation_read_no_value():
     b, d, td = 4, 8, 6
     tokens = open_clip.get_tokenizer("LightCLIP-Tiny")(["a", "b c", "", "d e f"])
     packed = torch.stack([pack_text(tokens[i], torch.randn(2, td)) for i in range(b)])
-    ids, teachers = unpack_texts(packed.to(META), [td])
+    ids, _, teachers = unpack_texts(packed.to(META), [td])
     assert ids.shape == tokens.shape and ids.device == META
     image = torch.randn(b, d, device=META, requires_grad=True)
     text = torch.randn(b, d, device=META, requires_grad=True)

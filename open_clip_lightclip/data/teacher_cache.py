@@ -17,16 +17,12 @@ a rerun skips finished shards; an output folder holding another cache (other tea
 or files it did not write is refused.
 """
 import io
-import tarfile
-import json
-import os
-import time
-from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .shards import add_tar_member, read_shard_members
+from .derived import DerivedShards, write_shard
+from .shards import read_shard_members
 
 __all__ = ["CACHE_INFO", "TEACHER_KEY", "CacheError", "pack_sample", "cache_teacher_shards"]
 
@@ -59,32 +55,13 @@ def cache_teacher_shards(sources: Sequence[str], out: str, teachers: list, batch
     """Write ``out/<shard name>`` for every source shard with each sample's ``teacher.npy``; returns the info."""
     from PIL import Image
 
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [Path(s).name for s in sources]
-    if len(set(names)) != len(names):
-        raise CacheError("two source shards share a file name; cache them into separate --out folders")
-    info_path = out_dir / CACHE_INFO
     desc = [{"spec": t.name, "dim": t.embed_dim, "logit_scale": t.logit_scale, "image_size": list(t.image_size)}
             for t in teachers]
-    info = {"teachers": desc, "sources": [str(Path(s).resolve()) for s in sources], "shards": {}}
-    if info_path.is_file():
-        old = json.loads(info_path.read_text())
-        if [t["spec"] for t in old["teachers"]] != [t["spec"] for t in desc] or old["sources"] != info["sources"]:
-            made = ", ".join(t["spec"] for t in old["teachers"])
-            raise CacheError(f"{out_dir} holds a cache of other teachers or shards ({made}); choose another --out")
-        info["shards"] = old.get("shards", {})
-    strangers = [n for n in names if (out_dir / n).exists() and n not in info["shards"]]
-    if not info_path.is_file() and (out_dir / "sizes.json").exists():
-        strangers.append("sizes.json")
-    if strangers:
-        raise CacheError(f"{out_dir / strangers[0]} exists and is not a finished shard of this cache; "
-                         "choose another --out (nothing was overwritten)")
-    for src, name in zip(sources, names):
-        if name in info["shards"]:
-            if progress:
-                progress(info["shards"][name])
-            continue
+    folder = DerivedShards(sources, out, CACHE_INFO, {"teachers": desc}, same=("teachers",), error=CacheError,
+                           what="teacher cache")
+    if progress:
+        progress(sum(folder.finished.values()))
+    for src, name in folder.pending():
         samples = read_shard_members(src)
         rows: List[np.ndarray] = []
         for i in range(0, len(samples), batch_size):
@@ -103,16 +80,8 @@ def cache_teacher_shards(sources: Sequence[str], out: str, teachers: list, batch
             rows.extend(np.stack([image, text], axis=1))
             if progress:
                 progress(len(chunk))
-        tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-        now = time.time()
-        with tarfile.open(tmp, "w") as tar:
-            for (key, parts), row in zip(samples, rows):
-                for ext, data in parts.items():
-                    add_tar_member(tar, f"{key}.{ext}", data, now)
-                add_tar_member(tar, f"{key}.{TEACHER_KEY}", _npy(row), now)
-        os.replace(tmp, out_dir / name)
-        info["shards"][name] = len(samples)
-        info_path.write_text(json.dumps(info, indent=1))
-        (out_dir / "sizes.json").write_text(json.dumps(info["shards"], indent=1))  # the trainer's sample counts
-    info_path.write_text(json.dumps(info, indent=1))
-    return info
+        tmp = folder.temporary(name)
+        count = write_shard(tmp, ((key, {**parts, TEACHER_KEY: _npy(row)}) for (key, parts), row in zip(samples, rows)))
+        folder.finish(name, tmp, count)
+    folder.save()
+    return folder.info

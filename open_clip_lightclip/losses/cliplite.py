@@ -239,6 +239,18 @@ class ClipLiteLoss(nn.Module):
             total = total + F.softplus(-disc(prior)).mean() + F.softplus(disc(emb)).mean()
         return total
 
+    def _step(self) -> int:
+        if self.progress is not None and self.progress.total_steps:
+            return self.progress.step  # the trainer's optimizer step: right after --resume too
+        return self.calls // self.calls_per_step
+
+    def caption_terms(self, image_features, text_features, logit_scale, **unused):
+        """The terms one more caption per image adds (``losses.synthetic``): the JSD term, with this step's negatives
+        (the prior judges the embeddings once, on the real caption)."""
+        step = max(self.calls - 1, 0) // self.calls_per_step if self.progress is None or not self.progress.total_steps \
+            else self.progress.step
+        return {"cliplite_jsd": self.jsd(image_features, text_features, logit_scale, self.step_generator(step))}
+
     def forward(
             self,
             image_features: torch.Tensor,
@@ -247,10 +259,7 @@ class ClipLiteLoss(nn.Module):
             output_dict: bool = False,
             **unused,
     ):
-        if self.progress is not None and self.progress.total_steps:
-            step = self.progress.step  # the trainer's optimizer step: right after --resume too
-        else:
-            step = self.calls // self.calls_per_step
+        step = self._step()
         self.calls += 1
         losses = {"cliplite_jsd": self.jsd(image_features, text_features, logit_scale, self.step_generator(step))}
         if self.prior is not None and self.prior_weight > 0:

@@ -31,7 +31,7 @@ from .distributed import gather_batch, local_term_scale, with_value
 from .flags import finite_float
 
 __all__ = ["FEATURE_DISTANCES", "affinity_kl", "feature_distance", "distill_keys", "DistillationLoss",
-           "add_distill_args", "check_distill_args", "inactive_distill_args"]
+           "add_distill_args", "check_distill_args", "inactive_distill_args", "teacher_rows"]
 
 FEATURE_DISTANCES = ("mse", "cosine")
 
@@ -125,7 +125,7 @@ class DistillationLoss(nn.Module):
         scale = local_term_scale(self.world_size, self.local_loss, self.gather_with_grad)
         return loss if scale == 1.0 else with_value(scale * loss, loss)
 
-    def forward(self, image_features, text_features, logit_scale, output_dict: bool = False, **model_out):
+    def _teacher_outputs(self, image_features, text_features, model_out):
         teachers, students = [], []
         for k in range(len(self.teacher_scales)):
             keys = distill_keys(k)
@@ -135,6 +135,29 @@ class DistillationLoss(nn.Module):
             teachers.append((model_out.pop(keys["teacher_image"]), model_out.pop(keys["teacher_text"])))
             students.append((model_out.pop(keys["student_image"], image_features),
                              model_out.pop(keys["student_text"], text_features)))
+        return teachers, students
+
+    def caption_terms(self, image_features, text_features, logit_scale, **model_out):
+        """The terms one more caption per image adds (``losses.synthetic``): the objective's caption terms and both
+        distillation terms on it (the feature term on the caption's embedding only: the image's is counted once)."""
+        from .synthetic import caption_terms
+
+        teachers, students = self._teacher_outputs(image_features, text_features, model_out)
+        losses = caption_terms(self.base, image_features, text_features, logit_scale, **model_out)
+        if self.affinity_weight:
+            losses["distill_affinity_loss"] = self.affinity_weight * self.affinity_loss(
+                image_features, text_features, logit_scale, teachers)
+        if self.feature_weight:
+            terms = [feature_distance(s_text, t_text, self.feature_distance).mean()
+                     for (_, s_text), (_, t_text) in zip(students, teachers)]
+            loss = torch.stack(terms).mean()
+            scale = local_term_scale(self.world_size, self.local_loss, self.gather_with_grad)
+            losses["distill_feature_loss"] = self.feature_weight * (loss if scale == 1.0 else
+                                                                    with_value(scale * loss, loss))
+        return losses
+
+    def forward(self, image_features, text_features, logit_scale, output_dict: bool = False, **model_out):
+        teachers, students = self._teacher_outputs(image_features, text_features, model_out)
         losses = self.base(image_features=image_features, text_features=text_features, logit_scale=logit_scale,
                            output_dict=True, **model_out)
         if not isinstance(losses, dict):
@@ -169,30 +192,51 @@ def add_distill_args(group) -> None:
     a("--distill-cache", action="store_true",
       help="read the teachers' embeddings from the training shards (made by `open-clip-lightclip "
            "cache-teacher`) instead of running a teacher")
+    a("--distill-reinforced", action="store_true",
+      help="train from reinforced shards (made by `open-clip-lightclip reinforce`): each step replays one stored "
+           "augmentation per sample and uses the teachers' stored embeddings of that view (or, with "
+           "--distill-teacher, runs the teacher online on it) and one stored synthetic caption")
+    a("--distill-synthetic-weight", type=finite_float, default=1.0,
+      help="with --distill-reinforced: weight of the synthetic captions' terms beside the real captions' (MobileCLIP "
+           "sums both: 1, the default; 0: real captions only)")
 
 
 def inactive_distill_args(args) -> List[str]:
     """The ``--distill-*`` flags that change nothing for ``args``: all of them without a teacher, the teachers' logit
     scales while the affinity term is off, the feature distance while the feature term is off."""
-    if not (args.distill_teacher or args.distill_cache):
-        return ["distill_affinity_weight", "distill_feature_weight", "distill_feature_distance",
-                "distill_teacher_logit_scale"]
-    off = [] if args.distill_affinity_weight else ["distill_teacher_logit_scale"]
+    idle = [] if getattr(args, "distill_reinforced", False) else ["distill_synthetic_weight"]
+    if not (args.distill_teacher or args.distill_cache or teacher_rows(args)):
+        return idle + ["distill_affinity_weight", "distill_feature_weight", "distill_feature_distance",
+                       "distill_teacher_logit_scale"]
+    off = idle + ([] if args.distill_affinity_weight else ["distill_teacher_logit_scale"])
     return off + ([] if args.distill_feature_weight else ["distill_feature_distance"])
+
+
+def teacher_rows(args) -> bool:
+    """True when a ``--distill-reinforced`` run reads teacher embeddings from its shards (no online teacher, a
+    distillation term on)."""
+    return bool(getattr(args, "distill_reinforced", False) and not args.distill_teacher
+                and (args.distill_affinity_weight or args.distill_feature_weight))
 
 
 def check_distill_args(args) -> None:
     """One-line ``ValueError`` for distillation flags that cannot work together."""
     teachers = list(args.distill_teacher or [])
+    reinforced = getattr(args, "distill_reinforced", False)
     if teachers and args.distill_cache:
         raise ValueError("--distill-cache reads the teachers' embeddings from the shards: drop --distill-teacher "
                          "(the cache records which teachers made it)")
-    if not (teachers or args.distill_cache):
+    if reinforced and args.distill_cache:
+        raise ValueError("--distill-reinforced reads the teachers' embeddings of each stored view from reinforced "
+                         "shards; --distill-cache reads those of `cache-teacher` shards: choose one")
+    if getattr(args, "distill_synthetic_weight", 0.0) < 0:
+        raise ValueError(f"--distill-synthetic-weight must be >= 0, got {args.distill_synthetic_weight}")
+    if not (teachers or args.distill_cache or reinforced):
         return
     for flag in ("affinity", "feature"):
         if getattr(args, f"distill_{flag}_weight") < 0:
             raise ValueError(f"--distill-{flag}-weight must be >= 0, got {getattr(args, f'distill_{flag}_weight')}")
-    if not (args.distill_affinity_weight or args.distill_feature_weight):
+    if not (args.distill_affinity_weight or args.distill_feature_weight) and not (reinforced and not teachers):
         raise ValueError("every distillation weight is 0: set --distill-affinity-weight or --distill-feature-weight "
                          "above 0, or drop the teacher")
     scales = args.distill_teacher_logit_scale

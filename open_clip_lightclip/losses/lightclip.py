@@ -268,6 +268,13 @@ class LightCLIPLoss(nn.Module):
                                                                   self.gather_with_grad)) / total
         return with_value(grad_part, all_reduce_sum(local, self.world_size) / total)
 
+    def caption_terms(self, image_features, text_features, logit_scale, **unused):
+        """The terms one more caption per image adds (``losses.synthetic``): the instance term (token and MLM terms
+        use the real caption only)."""
+        if self.instance_weight <= 0:
+            return {}
+        return {"instance_loss": self.instance_weight * self.instance_loss(image_features, text_features, logit_scale)}
+
     def forward(self, image_features, text_features, logit_scale, image_tokens: Optional[torch.Tensor] = None,
                 text_tokens: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None,
                 mlm_loss_sum: Optional[torch.Tensor] = None, mlm_count: Optional[torch.Tensor] = None,

@@ -125,6 +125,24 @@ class Teacher(nn.Module):
         return self.encode(images, texts.to(device))
 
     @torch.no_grad()
+    def embed_student_texts(self, texts: torch.Tensor, student_tokenizer) -> torch.Tensor:
+        """The teacher's unit-norm embeddings of the student's token ids (re-tokenised its way)."""
+        if not same_tokenizer(student_tokenizer, self.tokenizer):
+            texts = self.tokenizer(decode_tokens(student_tokenizer, texts.cpu()))
+        return self.encode(None, texts.to(self.device))[1]
+
+    @torch.no_grad()
+    def embed_views(self, views: torch.Tensor) -> torch.Tensor:
+        """The teacher's unit-norm embeddings of images already prepared its way (its size, mean and std)."""
+        dtype = next(self.model.parameters()).dtype
+        return self.encode(views.to(self.device, dtype), None)[0]
+
+    @torch.no_grad()
+    def embed_captions(self, captions: List[str]) -> torch.Tensor:
+        """The teacher's unit-norm embeddings of raw captions (its own tokenizer)."""
+        return self.encode(None, self.tokenizer(list(captions)).to(self.device))[1]
+
+    @torch.no_grad()
     def embed_raw(self, pil_images, captions: List[str]):
         """The teacher's embeddings of raw images (its own inference transform) and raw captions."""
         dtype = next(self.model.parameters()).dtype

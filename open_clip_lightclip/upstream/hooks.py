@@ -141,9 +141,12 @@ def _freeze_unused(model, args) -> None:
                                 "gather_with_grad": False})
     outputs = getattr(model, "_distill_outputs", None)
     prepare = None
-    if outputs is not None and outputs.teachers is None:  # --distill-cache: the batch carries the embeddings
+    if outputs is not None and (outputs.teachers is None or outputs.synthetic):  # the batch carries packed texts
+        rows = torch.zeros(2 + outputs.synthetic, sum(outputs.dims)) if outputs.teachers is None and outputs.dims \
+            else None
+
         def prepare(text):
-            packed = [pack_text(t.cpu(), torch.zeros(2, sum(outputs.dims))) for t in text]
+            packed = [pack_text(t.cpu(), rows, t.cpu() if outputs.synthetic else None) for t in text]
             return torch.stack(packed).to(text.device)
     frozen = unused_parameters(model, wrap_loss(registry_create_loss(args.loss, one), one), prepare_text=prepare)
     for name, p in model.named_parameters():
@@ -460,23 +463,35 @@ def install_data(data: types.ModuleType) -> None:
             return upstream_shuffle(bufsize, initial, **kwargs)
         return _SeededShuffle(bufsize, initial, **kwargs)
 
-    upstream_to_tuple = data.wds.to_tuple
+    upstream_to_tuple, upstream_map_dict = data.wds.to_tuple, data.wds.map_dict
 
     def to_tuple(*keys, **kwargs):
         """The trainer's ``to_tuple("image", "text")``; with ``--distill-cache`` the text field also carries the
-        sample's cached teacher embeddings (packed, see ``data.teacher_cache``)."""
+        sample's cached teacher embeddings (packed, see ``data.teacher_cache``); with ``--distill-reinforced`` the
+        image is a stored view replayed and the text field carries what ``data.reinforced`` packs."""
         if keys == ("image", "text") and _TRAINER_ARGS is not None:
-            from .distill import sample_stage
+            from .distill import reinforced_stage, sample_stage
 
-            stage = sample_stage(_TRAINER_ARGS)
+            stage = reinforced_stage() or sample_stage(_TRAINER_ARGS)
             if stage is not None:
                 return stage
         return upstream_to_tuple(*keys, **kwargs)
+
+    def map_dict(**kwargs):
+        """The trainer's ``map_dict(image=augment, text=tokenize)``; a reinforced run replays stored views instead."""
+        from .distill import map_dict_stage
+
+        return map_dict_stage(kwargs) or upstream_map_dict(**kwargs)
+
+    from .distill import reinforced_get_wds_dataset
+
+    data.get_wds_dataset = reinforced_get_wds_dataset(data.get_wds_dataset)
 
     proxy = types.ModuleType(data.wds.__name__)  # data.py's `wds`, with the seeded shuffle
     proxy.__dict__.update(data.wds.__dict__)
     proxy.shuffle = shuffle
     proxy.to_tuple = to_tuple
+    proxy.map_dict = map_dict
     data.wds = proxy
     from .shard_check import install_guard
 

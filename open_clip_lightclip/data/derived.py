@@ -1,0 +1,81 @@
+"""Shards derived from other shards, one output shard per input shard (``cache-teacher``, ``reinforce``):
+resumable and never overwriting.
+
+An output folder holds the derived shards, a description (``info_name``: what made them, the source shards
+and the finished output shards with their sample counts) and ``sizes.json`` (the trainer's sample counts).
+A shard is written to a temporary name and renamed when complete; a rerun skips the finished ones; a folder
+holding shards of another derivation (other sources or settings) or files this derivation did not write is
+refused in one line.
+"""
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+from .shards import add_tar_member
+
+__all__ = ["DerivedShards", "write_shard"]
+
+
+class DerivedShards:
+    """The output folder of one derivation. ``info`` is its description (``sources`` and ``shards`` are filled
+    here); ``same`` names the keys of ``info`` that must match a description already in the folder."""
+
+    def __init__(self, sources: Sequence[str], out: str, info_name: str, info: dict, same: Sequence[str],
+                 error: type = ValueError, what: str = "derivation"):
+        self.out_dir, self.info_path, self.error = Path(out), Path(out) / info_name, error
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.names = [Path(s).name for s in sources]
+        if len(set(self.names)) != len(self.names):
+            raise error("two source shards share a file name; write them into separate --out folders")
+        self.sources = list(sources)
+        self.info = {**info, "sources": [str(Path(s).resolve()) for s in sources], "shards": {}}
+        if self.info_path.is_file():
+            old = json.loads(self.info_path.read_text())
+            if any(old.get(k) != self.info.get(k) for k in (*same, "sources")):
+                raise error(f"{self.out_dir} holds a {what} of other shards or settings; choose another --out "
+                            "(nothing was overwritten)")
+            self.info["shards"] = old.get("shards", {})
+            self.info.update({k: v for k, v in old.items() if k not in self.info})
+        strangers = [n for n in self.names if (self.out_dir / n).exists() and n not in self.info["shards"]]
+        if not self.info_path.is_file() and (self.out_dir / "sizes.json").exists():
+            strangers.append("sizes.json")
+        if strangers:
+            raise error(f"{self.out_dir / strangers[0]} exists and is not a finished shard of this {what}; "
+                        "choose another --out (nothing was overwritten)")
+
+    @property
+    def finished(self) -> Dict[str, int]:
+        return self.info["shards"]
+
+    def pending(self) -> List[Tuple[str, str]]:
+        """``(source, name)`` of the shards still to write."""
+        return [(s, n) for s, n in zip(self.sources, self.names) if n not in self.info["shards"]]
+
+    def temporary(self, name: str) -> Path:
+        return self.out_dir / f".{name}.tmp-{os.getpid()}"
+
+    def finish(self, name: str, tmp: Path, count: int, **extra) -> None:
+        """Rename a complete temporary shard into place and record it (``extra``: values kept per shard)."""
+        os.replace(tmp, self.out_dir / name)
+        self.info["shards"][name] = count
+        for key, value in extra.items():
+            self.info.setdefault(key, {})[name] = value
+        self.save()
+
+    def save(self) -> None:
+        self.info_path.write_text(json.dumps(self.info, indent=1))
+        (self.out_dir / "sizes.json").write_text(json.dumps(self.info["shards"], indent=1))
+
+
+def write_shard(path: Path, samples: Iterable[Tuple[str, Dict[str, bytes]]]) -> int:
+    """A tar of ``(key, {ext: bytes})`` samples; returns the number written."""
+    now, n = time.time(), 0
+    with tarfile.open(path, "w") as tar:
+        for key, parts in samples:
+            for ext, data in parts.items():
+                add_tar_member(tar, f"{key}.{ext}", data, now)
+            n += 1
+    return n

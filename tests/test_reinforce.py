@@ -1,0 +1,273 @@
+"""Reinforced shards (`open-clip-lightclip reinforce`, `--distill-reinforced`): stored augmentations replayed bit for
+bit, teacher embeddings of each view, synthetic captions from a CoCa captioner built in the test, and training from
+them equal to online distillation on the replayed views."""
+import io
+import json
+import re
+import tarfile
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_python
+from open_clip_lightclip.cli import main as cli_main
+from open_clip_lightclip.data.augment import AugmentError, AugmentSpec, draw_params, output_layout, replay, \
+    spec_from_transform
+from open_clip_lightclip.data.reinforced import ReinforcedSamples, decode_embeddings, draw_indices, _encode
+from open_clip_lightclip.upstream.trainer_cmd import trainer_command
+
+AUG = dict(scale=(0.3, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, gray_scale_prob=0.2)
+
+
+def _image(seed=0, size=(70, 50)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("aug", [AUG, dict(AUG, color_jitter_prob=1.0, gray_scale_prob=1.0), {}])
+def test_replaying_the_choices_the_train_transform_drew_gives_its_output_bit_for_bit(aug, monkeypatch):
+    """Record what OpenCLIP's own train transform draws (crop box, jitter order and factors, the two coin flips),
+    replay it: the same tensor, exactly."""
+    import open_clip.transform as oct
+    from torchvision.transforms import ColorJitter, RandomResizedCrop
+
+    tf = open_clip.image_transform(32, is_train=True, aug_cfg=aug)
+    seen = {}
+    crop, jitter, coin = RandomResizedCrop.get_params, ColorJitter.get_params, oct.random.random
+
+    def spy(name, fn):
+        def call(*a, **k):
+            seen.setdefault(name, []).append(fn(*a, **k))
+            return seen[name][-1]
+        return call
+
+    monkeypatch.setattr(RandomResizedCrop, "get_params", staticmethod(spy("crop", crop)))
+    monkeypatch.setattr(ColorJitter, "get_params", staticmethod(spy("jitter", jitter)))
+    monkeypatch.setattr(oct.random, "random", spy("coin", coin))
+    size, mean, std = output_layout(tf)
+    for seed in range(6):
+        seen.clear()
+        out = tf(_image(seed))
+        coins = list(seen.get("coin", []))
+        jittered = bool(aug.get("color_jitter_prob")) and coins.pop(0) < aug["color_jitter_prob"]
+        gray = bool(aug.get("gray_scale_prob")) and coins.pop(0) < aug["gray_scale_prob"]
+        row = np.full(14, np.nan, dtype=np.float32)
+        row[0:4], row[4], row[13] = seen["crop"][0], float(jittered), float(gray)
+        if jittered:
+            order, *factors = seen["jitter"][0]
+            row[5:9], row[9:13] = order.numpy(), [np.nan if f is None else f for f in factors]
+        assert torch.equal(replay(_image(seed), row, size, mean, std), out)
+
+
+def test_the_spec_is_read_from_the_trainer_transform_and_draws_repeat():
+    spec = spec_from_transform(open_clip.image_transform(32, is_train=True, aug_cfg=AUG))
+    assert spec == AugmentSpec(scale=(0.3, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8,
+                               gray_scale_prob=0.2)
+    assert AugmentSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    before = torch.random.get_rng_state()
+    a, b = draw_params(spec, _image(), 7), draw_params(spec, _image(), 7)
+    np.testing.assert_array_equal(a, b)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is untouched
+    rows = np.stack([draw_params(spec, _image(), s) for s in range(200)])
+    assert 0.65 < rows[:, 4].mean() < 0.95 and 0.1 < rows[:, 13].mean() < 0.3  # p = 0.8, 0.2
+    area = rows[:, 2] * rows[:, 3] / (70 * 50)
+    assert area.min() >= 0.29 and area.max() <= 1.0
+    with pytest.raises(AugmentError, match="drop use_timm"):
+        spec_from_transform(open_clip.image_transform(32, is_train=True, aug_cfg={"use_timm": True}))
+
+
+def test_draws_are_a_function_of_seed_epoch_and_key_only():
+    draws = [draw_indices(0, e, f"{i:06d}", 10, 5) for e in range(3) for i in range(300)]
+    assert all(0 <= k < 10 and 0 <= j < 5 for k, j in draws)
+    assert draws == [draw_indices(0, e, f"{i:06d}", 10, 5) for e in range(3) for i in range(300)]
+    assert len({k for k, _ in draws}) == 10 and len({j for _, j in draws}) == 5
+    assert draws[:300] != draws[300:600]  # another epoch, other views
+    assert draw_indices(1, 0, "000001", 10, 5) != draw_indices(0, 0, "000001", 10, 5) or \
+        draw_indices(1, 0, "000002", 10, 5) != draw_indices(0, 0, "000002", 10, 5)
+
+
+def test_stored_embeddings_round_trip_in_each_dtype():
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    for dtype, tol in (("fp32", 0), ("fp16", 1e-3), ("bf16", 8e-3)):
+        back = decode_embeddings(np.load(io.BytesIO(_encode(x, dtype))), dtype)
+        assert back.dtype == np.float32
+        np.testing.assert_allclose(back, x, rtol=tol, atol=tol)
+
+
+def test_the_stage_packs_the_drawn_view_and_captions_and_follows_the_epoch():
+    from open_clip_lightclip.models.distill_heads import unpack_texts
+
+    class Epoch:
+        def __init__(self, v):
+            self.v = v
+
+        def get_value(self):
+            return self.v
+
+    tok = open_clip.get_tokenizer("LightCLIP-Tiny")
+    spec = AugmentSpec(**{k: v for k, v in AUG.items()})
+    params = np.stack([draw_params(spec, _image(), s) for s in range(4)])
+    timg, ttxt = np.arange(4 * 3, dtype=np.float32).reshape(4, 3), -np.arange(3 * 3, dtype=np.float32).reshape(3, 3)
+    info = {"views": 4, "synthetic": 2, "dtype": "fp32"}
+    sample = {"__key__": "k1", "image": _image(), "text": tok("a cat")[0], "paug.npy": params,
+              "syn.json": ["a dog", "a red bird"], "timg.npy": timg, "ttxt.npy": ttxt}
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    stage = ReinforcedSamples(lambda t: tok(t)[0], (24, 24), mean, std, 5, info, cached=True, synthetic=True)
+    for epoch in range(3):
+        stage.shared_epoch = Epoch(epoch)
+        (image, packed), = list(stage([sample]))
+        k, j = draw_indices(5, epoch, "k1", 4, 2)
+        assert torch.equal(image, replay(_image(), params[k], (24, 24), mean, std))
+        tokens, syn, ((ti, tt, ts),) = unpack_texts(packed[None], [3], synthetic=True)
+        assert torch.equal(tokens[0], tok("a cat")[0]) and torch.equal(syn[0], tok(["a dog", "a red bird"][j])[0])
+        assert ti[0].tolist() == timg[k].tolist() and tt[0].tolist() == ttxt[0].tolist()
+        assert ts[0].tolist() == ttxt[1 + j].tolist()
+    with pytest.raises(ValueError, match="has no syn.json: train with shards `open-clip-lightclip reinforce` wrote"):
+        list(stage([{k: v for k, v in sample.items() if k != "syn.json"}]))
+
+
+# --- the command and the trainer ---------------------------------------------------------------------------------
+COCA = {"embed_dim": 64, "custom_text": True,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32,
+                       "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "layers": 1, "heads": 2, "width": 64,
+                     "embed_cls": True, "output_tokens": True},
+        "multimodal_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1,
+                           "attn_pooler_heads": 2}}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A teacher (LightCLIP-Tiny, the student's size, tokenizer and normalisation) saved as a trainer checkpoint and
+    a tiny CoCa captioner trained a few steps on captions in the test, saved as an OpenCLIP `local-dir:` folder."""
+    from open_clip.coca_model import CoCa
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(2)
+    teacher = open_clip.create_model("LightCLIP-Tiny")
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in teacher.state_dict().items()}},
+               root / "teacher.pt")
+    coca = CoCa(**{k: v for k, v in COCA.items() if k != "custom_text"})
+    tok = open_clip.get_tokenizer("LightCLIP-Tiny")  # 32-token CLIP tokenizer
+    loss_fn = open_clip.CoCaLoss(caption_loss_weight=1.0, clip_loss_weight=0.0)
+    opt = torch.optim.AdamW(coca.parameters(), lr=3e-3)
+    images, texts = torch.randn(8, 3, 32, 32), tok(["a red square", "a blue circle"] * 4)
+    for _ in range(5):
+        out = coca(images, texts)
+        loss = sum(loss_fn(out["image_features"], out["text_features"], out["logits"], out["labels"],
+                           out["logit_scale"]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cap = root / "coca"
+    cap.mkdir()
+    (cap / "open_clip_config.json").write_text(json.dumps({"model_cfg": COCA, "preprocess_cfg": {
+        "size": 32, "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}))
+    torch.save(coca.state_dict(), cap / "open_clip_pytorch_model.bin")
+    return {"teacher": f"LightCLIP-Tiny={root / 'teacher.pt'}", "captioner": f"local-dir:{cap}"}
+
+
+def _members(shard):
+    out = {}
+    with tarfile.open(shard) as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return out
+
+
+def _reinforce(src, out, models, *extra):
+    return cli_main(["reinforce", src, "--out", str(out), "--teacher", models["teacher"], "--views", "3",
+                     "--captioner", models["captioner"], "--synthetic", "2", "--max-tokens", "8", "--batch-size", "8",
+                     "--aug-cfg", "scale=(0.5, 1.0)", "--no-progress", *extra])
+
+
+@pytest.mark.slow
+def test_reinforce_writes_views_embeddings_and_captions_resumes_and_refuses(models, tiny_shards, tmp_path, capsys):
+    from open_clip_lightclip.models.teachers import build_teacher
+
+    out = tmp_path / "dr"
+    assert _reinforce(tiny_shards, out, models) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"32 samples in 2 shards .* 3 views, 128-d teacher embeddings \(fp16\), 2 synthetic captions; "
+                     r"\d+ bytes added per sample", said)
+    info = json.loads((out / "reinforce.json").read_text())
+    assert info["views"] == 3 and info["synthetic"] == 2 and info["dtype"] == "fp16" and info["augment"]["scale"] == [
+        0.5, 1.0] and info["captioner"]["decoding"]["top_p"] == 0.9 and json.loads((out / "sizes.json").read_text()) \
+        == {"train-00000.tar": 16, "train-00001.tar": 16}
+    samples = _members(out / "train-00000.tar")
+    original = _members(tiny_shards.replace("{00000..00001}", "00000"))
+    teacher = build_teacher(models["teacher"])
+    key, parts = next(iter(samples.items()))
+    assert all(parts[ext] == data for ext, data in original[key].items())  # every input member kept
+    params = np.load(io.BytesIO(parts["paug.npy"]))
+    timg, ttxt = (np.load(io.BytesIO(parts[m])) for m in ("timg.npy", "ttxt.npy"))
+    captions = json.loads(parts["syn.json"])
+    assert params.shape == (3, 14) and timg.shape == (3, 128) and ttxt.shape == (3, 128) and timg.dtype == np.float16
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    assert info["bytes_per_sample"] == pytest.approx(np.mean([sum(len(p[m]) for m in ("paug.npy", "timg.npy", "ttxt.npy",
+                                                                                    "syn.json"))
+                                                              for s in (out / "train-00000.tar", out / "train-00001.tar")
+                                                              for p in _members(s).values()]), abs=0.1)
+    # each stored row is the teacher's embedding of that stored view / caption
+    image = Image.open(io.BytesIO(parts["png"])).convert("RGB")
+    views = torch.stack([replay(image, p, teacher.image_size, teacher.mean, teacher.std) for p in params])
+    np.testing.assert_allclose(timg.astype(np.float32), teacher.embed_views(views).numpy(), atol=2e-3)
+    caption = parts["txt"].decode()
+    np.testing.assert_allclose(ttxt.astype(np.float32), teacher.embed_captions([caption, *captions]).numpy(), atol=2e-3)
+    # resumable and never overwriting: a rerun keeps every finished shard; other settings are refused
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    assert _reinforce(tiny_shards, out, models) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
+    capsys.readouterr()
+    assert _reinforce(tiny_shards, out, models, "--views", "4") == 2
+    assert "holds a reinforcement of other shards or settings; choose another --out" in capsys.readouterr().err
+    # bad input stops in one line
+    assert cli_main(["reinforce", tiny_shards, "--out", str(tmp_path / "x"), "--captioner", models["teacher"],
+                     "--synthetic", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a CoCa model" in err[0]
+    assert cli_main(["reinforce", tiny_shards, "--out", str(tmp_path / "y"), "--teacher",
+                     f"LightCLIP-Tiny={tmp_path}/none.pt", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is neither a file nor a pretrained tag" in err[0]
+    assert cli_main(["reinforce", tiny_shards, "--out", str(tmp_path / "z"), "--aug-cfg", "use_timm=True",
+                     "--no-progress"]) == 2
+    assert "drop use_timm" in capsys.readouterr().err
+
+
+def _weights(path):
+    return {k.removeprefix("module."): v for k, v in torch.load(path, weights_only=True)["state_dict"].items()}
+
+
+@pytest.mark.slow
+def test_training_from_reinforced_shards_equals_online_distillation_on_the_replayed_views(models, tiny_shards,
+                                                                                          tmp_path):
+    """Same seed, same draws: one run reads the teachers' stored embeddings of the drawn view and captions (fp32),
+    the other runs the teacher online on the student's replayed view and the drawn synthetic caption. Every weight
+    agrees to 1e-5 after 4 steps with --accum-freq 2. (AdamW's normalised step moves an element whose gradient is
+    ~0 by ~lr whichever sign float rounding gives it; ``--eps 1e-3`` keeps such elements' steps proportional to
+    their gradient, so a rounding difference stays a rounding difference.)"""
+    out = tmp_path / "dr"
+    assert _reinforce(tiny_shards, out, models, "--dtype", "fp32") == 0
+    data = str(out / "train-{00000..00001}.tar")
+    common = ["--workers", "0", "--distill-reinforced", "--distill-feature-weight", "1", "--accum-freq", "2",
+              "--batch-size", "4", "--eps", "1e-3", "--log-every-n-steps", "1"]
+    logs = {}
+    for name, extra in (("stored", []), ("online", ["--distill-teacher", models["teacher"]])):
+        cmd = trainer_command(data, str(tmp_path / "logs"), name, model="LightCLIP-Tiny", loss="clip", batch_size=4,
+                              epochs=1, warmup=1, extra=[*common, *extra])[1:]
+        proc = run_python(cmd)
+        logs[name] = proc.stdout + proc.stderr
+    assert "reinforced shards: 3 stored views per image (crop scale 0.5-1)" in logs["stored"]
+    assert "+ 1 x the terms of one of 2 synthetic captions" in logs["stored"]
+    assert "(cached embeddings;" in logs["stored"] and "(online;" in logs["online"]
+    for term in ("Synthetic_contrastive_loss", "Synthetic_distill_affinity_loss", "Synthetic_distill_feature_loss"):
+        assert term in logs["stored"]
+    a = _weights(tmp_path / "logs" / "online" / "checkpoints" / "epoch_1.pt")
+    b = _weights(tmp_path / "logs" / "stored" / "checkpoints" / "epoch_1.pt")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst <= 1e-5, worst
