@@ -224,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import open_clip
 
+    if args.onnx_dir or args.heldout:
+        return _run_onnx_dirs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -270,6 +272,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_onnx_dirs(args: argparse.Namespace) -> int:
+    from ._precisions import run_precisions
+
+    if not (args.onnx_dir and args.heldout):
+        print("error: --onnx-dir and --heldout go together: bench inference --onnx-dir OUT_DIR --heldout "
+              "'shards/heldout-00000.tar'", file=sys.stderr)
+        return 2
+    if args.towers or args.models or args.device != "cpu":
+        print("error: --onnx-dir measures the exported ONNX files on onnxruntime's CPU provider: drop --towers, "
+              "--models and --device", file=sys.stderr)
+        return 2
+    return run_precisions(args.onnx_dir, args.heldout, fashion_samples=args.fashion_samples, threads=args.threads,
+                          repeats=args.repeats, warmup=args.warmup, max_drop=args.max_drop, json_path=args.json)
+
+
 def register(sub) -> None:
     from ._args import at_least, device, new_file
 
@@ -289,5 +306,19 @@ def register(sub) -> None:
     p.add_argument("--towers", action="store_true",
                    help="instead: the image encoder of each config as deployed: params, MACs and CPU latency before "
                         "and after reparameterisation, and ONNX Runtime latency")
+    p.add_argument("--onnx-dir", nargs="+", metavar="DIR", default=None,
+                   help="instead: each ONNX precision (fp32 / fp16 / int8 files of `export --onnx-precision`) of these "
+                        "export folders: MB and batch-1 onnxruntime CPU latency per tower, and the held-out retrieval "
+                        "(mean R@1/5/10, both directions) and zero-shot top-1 computed with that precision, as deltas "
+                        "in points vs the folder's fp32 ONNX; needs --heldout")
+    p.add_argument("--heldout", metavar="SHARDS", default=None,
+                   help="with --onnx-dir: held-out webdataset shards (brace pattern, e.g. 'shards/heldout-00000.tar'); "
+                        "zero-shot classes are the categories with >= 3 images")
+    p.add_argument("--fashion-samples", type=at_least(0), default=0, metavar="N",
+                   help="with --onnx-dir: also zero-shot on the first N Fashion-MNIST test images (Debian "
+                        "dataset-fashion-mnist; default: 0); the zero-shot column is then the mean of both")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="with --onnx-dir: a precision losing more than this many points of retrieval or zero-shot "
+                        "vs fp32 is marked WORSE (default: 1.0)")
     p.add_argument("--json", metavar="FILE", type=new_file, help="also write the measurements as JSON")
     p.set_defaults(func=run)
