@@ -121,7 +121,7 @@ class _TeacherOutputs:
                 args = (args[0], tokens, *args[2:])
         return args, kwargs
 
-    def _teacher_embeddings(self, module, images, texts, synthetic):
+    def _teacher_embeddings(self, module, images, texts, synthetic=None):
         """Per teacher (image, text[, synthetic text]) embeddings: the batch's cached rows, or the online teachers'."""
         if self.teachers is None:
             if self.unpacked is None:
