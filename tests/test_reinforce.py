@@ -271,3 +271,34 @@ def test_training_from_reinforced_shards_equals_online_distillation_on_the_repla
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
     assert worst <= 1e-5, worst
+
+
+@pytest.mark.extended
+def test_resume_repeats_the_draws_and_torchrun_trains_from_reinforced_shards(models, tiny_shards, tmp_path):
+    """Two epochs straight == one epoch, then `--resume latest` for the second (the draws follow the trainer's epoch,
+    not a count kept in the loader), to 1e-6 in every weight; and two torchrun processes (gloo) train from the same
+    shards with stored teacher rows and synthetic captions."""
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "dr"
+    assert _reinforce(tiny_shards, out, models) == 0
+    data = str(out / "train-{00000..00001}.tar")
+    flags = ["--workers", "1", "--distill-reinforced", "--batch-size", "8", "--eps", "1e-3", "--save-frequency", "1"]
+
+    def cmd(name, epochs, *extra):
+        return trainer_command(data, str(tmp_path / "logs"), name, model="LightCLIP-Tiny", loss="clip", batch_size=8,
+                               epochs=epochs, warmup=1, extra=[*flags, *extra])[1:]
+
+    run_python(cmd("straight", 2))
+    run_python(cmd("split", 1))
+    run_python(cmd("split", 2, "--resume", "latest"))
+    a = _weights(tmp_path / "logs" / "straight" / "checkpoints" / "epoch_2.pt")
+    b = _weights(tmp_path / "logs" / "split" / "checkpoints" / "epoch_2.pt")
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst <= 1e-6, worst
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    proc = run_python([torchrun, "--standalone", "--nproc_per_node", "2", *cmd("ddp", 1)], OMP_NUM_THREADS="1")
+    log = (tmp_path / "logs" / "ddp" / "out.log").read_text()
+    assert "total 2." in log and "Synthetic_distill_affinity_loss" in log, proc.stderr[-2000:]
+    assert (tmp_path / "logs" / "ddp" / "checkpoints" / "epoch_1.pt").is_file()
