@@ -155,7 +155,13 @@ def run_precisions(folders: Sequence[str], heldout: str, fashion_samples: int = 
     if threads:
         torch.set_num_threads(threads)
     progress = Progress("bench inference")
-    data = load_eval_data(heldout, fashion_samples=fashion_samples)
+    try:
+        data = load_eval_data(heldout, fashion_samples=fashion_samples)
+    except (OSError, ValueError) as e:
+        what = "--fashion-samples: Fashion-MNIST" if fashion_samples and "fashion" in str(e).lower() else "--heldout"
+        print(f"error: {what}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+              "apt-get install dataset-fashion-mnist, or rebuild the held-out shards", file=sys.stderr)
+        return 2
     if not data["images"]:
         print(f"error: --heldout: no captioned images in {heldout}; give shards written by "
               "`open-clip-lightclip build-shards`", file=sys.stderr)
@@ -166,14 +172,14 @@ def run_precisions(folders: Sequence[str], heldout: str, fashion_samples: int = 
     for folder in folders:
         rows += measure_folder(folder, data, threads, repeats, warmup, progress)
     first = rows[0]["metrics"]
-    zs = f"clip-art categories ({first.get('clipart_classes', 0)} classes, {first.get('clipart_images', 0)} images)"
+    zs = f"top-1 on clip-art categories ({first.get('clipart_classes', 0)} classes, {first.get('clipart_images', 0)} images)"
     if "fashion_mnist_zeroshot" in first:
-        zs = f"mean of {zs} and Fashion-MNIST ({first['fashion_mnist_images']} images)"
+        zs = f"mean {zs.replace('on ', 'of ', 1)} and Fashion-MNIST ({first['fashion_mnist_images']} images)"
     cpu = platform.processor() or platform.machine()
     shown = f"{threads} thread(s)" if threads else "default threads"
     print(f"ONNX precisions (onnxruntime {_ort_version()} CPU provider, {shown}, {cpu}; latency: median of "
           f"{repeats} calls at batch 1; held-out {heldout}: {len(data['images'])} images; retrieval = mean of "
-          f"image->text and text->image R@1/5/10, zero-shot = top-1 on {zs}; in points, deltas vs the folder's "
+          f"image->text and text->image R@1/5/10, zero-shot = {zs}; in points, deltas vs the folder's "
           f"fp32 ONNX)\n")
     print(precision_table(rows, max_drop))
     print()
