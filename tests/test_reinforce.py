@@ -275,14 +275,19 @@ def test_training_from_reinforced_shards_equals_online_distillation_on_the_repla
 
 @pytest.mark.extended
 def test_resume_repeats_the_draws_and_torchrun_trains_from_reinforced_shards(models, tiny_shards, tmp_path):
-    """Two epochs straight == one epoch, then `--resume latest` for the second (the draws follow the trainer's epoch,
-    not a count kept in the loader), to 1e-6 in every weight; and two torchrun processes (gloo) train from the same
-    shards with stored teacher rows and synthetic captions."""
+    """`reinforce --workers 2` writes what one process writes (every draw is seeded by the shard and the key); two
+    epochs straight == one epoch, then `--resume latest` for the second (the draws follow the trainer's epoch, not a
+    count kept in the loader), to 1e-6 in every weight; and two torchrun processes (gloo) train from the same shards
+    with stored teacher rows and synthetic captions."""
     import sys
     from pathlib import Path
 
     out = tmp_path / "dr"
-    assert _reinforce(tiny_shards, out, models) == 0
+    assert _reinforce(tiny_shards, out, models, "--workers", "2") == 0  # two processes, a shard each
+    serial = tmp_path / "serial"
+    assert _reinforce(tiny_shards, serial, models) == 0
+    assert (out / "train-00001.tar").read_bytes() != b"" and all(
+        _members(out / name) == _members(serial / name) for name in ("train-00000.tar", "train-00001.tar"))
     data = str(out / "train-{00000..00001}.tar")
     flags = ["--workers", "1", "--distill-reinforced", "--batch-size", "8", "--eps", "1e-3", "--save-frequency", "1"]
 

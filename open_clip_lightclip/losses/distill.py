@@ -204,8 +204,9 @@ def add_distill_args(group) -> None:
 def inactive_distill_args(args) -> List[str]:
     """The ``--distill-*`` flags that change nothing for ``args``: all of them without a teacher, the teachers' logit
     scales while the affinity term is off, the feature distance while the feature term is off."""
-    idle = [] if getattr(args, "distill_reinforced", False) else ["distill_synthetic_weight"]
-    if not (args.distill_teacher or args.distill_cache or teacher_rows(args)):
+    reinforced = getattr(args, "distill_reinforced", False)
+    idle = [] if reinforced else ["distill_synthetic_weight"]
+    if not (args.distill_teacher or args.distill_cache or reinforced):
         return idle + ["distill_affinity_weight", "distill_feature_weight", "distill_feature_distance",
                        "distill_teacher_logit_scale"]
     off = idle + ([] if args.distill_affinity_weight else ["distill_teacher_logit_scale"])
