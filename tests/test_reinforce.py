@@ -273,6 +273,25 @@ def test_training_from_reinforced_shards_equals_online_distillation_on_the_repla
     assert worst <= 1e-5, worst
 
 
+@pytest.mark.slow
+def test_shards_without_what_training_asks_for_stop_the_trainer_in_one_line(train, models, tiny_shards, tmp_path):
+    proc, _ = train(extra=["--distill-reinforced"], check=False)  # plain shards
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert proc.returncode == 2 and len(errors) == 1 and "reinforce.json; make the shards with `open-clip-lightclip " \
+        "reinforce`" in errors[0], proc.stderr[-2000:]
+    out = tmp_path / "no-captions"
+    assert cli_main(["reinforce", tiny_shards, "--out", str(out), "--teacher", models["teacher"], "--views", "2",
+                     "--no-progress"]) == 0
+    cmd = trainer_command(str(out / "train-{00000..00001}.tar"), str(tmp_path / "logs"), "x", model="LightCLIP-Tiny",
+                          loss="clip", batch_size=8, epochs=1, warmup=1,
+                          extra=["--workers", "0", "--distill-reinforced"])[1:]
+    proc = run_python(cmd, check=False)
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert proc.returncode == 2 and len(errors) == 1 and "hold no synthetic captions" in errors[0] and \
+        "--distill-synthetic-weight 0" in errors[0], proc.stderr[-2000:]
+    assert "Train Epoch" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.extended
 def test_resume_repeats_the_draws_and_torchrun_trains_from_reinforced_shards(models, tiny_shards, tmp_path):
     """`reinforce --workers 2` writes what one process writes (every draw is seeded by the shard and the key); two

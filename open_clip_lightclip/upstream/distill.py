@@ -54,6 +54,8 @@ def check_distillation(args: argparse.Namespace) -> None:
     for flag in ("cache", "reinforced"):
         if getattr(args, f"distill_{flag}", False) and args.dataset_type not in ("webdataset", "auto"):
             raise ValueError(f"--distill-{flag} reads webdataset shards; got --dataset-type {args.dataset_type}")
+    if getattr(args, "distill_reinforced", False):
+        _reinforced_plan(args)  # the shards hold what the run asks for: checked before anything is built
 
 
 def cache_info_for(train_data: Optional[str]) -> dict:

@@ -3,7 +3,7 @@
 Upstream's trainer lets every exception out as a traceback. For input errors a user can fix
 (an unreadable ``--resume`` file, a checkpoint that does not fit the run's model) the seam
 installs a ``sys.excepthook`` that prints one line naming the problem and the fix instead: only for
-the plugin's own anticipated errors (``CheckpointError``, ``TeacherError``, ``DataError``, raised for a
+the plugin's own anticipated errors (``CheckpointError``, ``TeacherError``, ``DataError``, ``ReinforceError``, raised for a
 known cause) and the resume load's state_dict mismatch; any other exception keeps its traceback.
 ``OPEN_CLIP_LIGHTCLIP_TRACEBACK=1`` shows the full traceback as before.
 """
@@ -50,10 +50,11 @@ def one_line(exc: BaseException, resume: Optional[str] = None) -> Optional[str]:
 
     if isinstance(exc, (CheckpointError, TeacherError)):
         return str(exc)
+    from ..data.reinforced import ReinforceError
     from .shard_check import DataError
 
-    if isinstance(exc, DataError):  # raised in a DataLoader worker, it arrives with the worker's traceback
-        return str(exc).strip().splitlines()[-1].split("DataError: ", 1)[-1]
+    if isinstance(exc, (DataError, ReinforceError)):  # raised in a DataLoader worker, it arrives with its traceback
+        return str(exc).strip().splitlines()[-1].split(f"{type(exc).__name__}: ", 1)[-1]
     if resume and isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc) \
             and _raised_by_the_resume_load(exc):
         return (f"--resume {resume}: the checkpoint does not fit this run's model ({_state_dict_mismatch(str(exc))}); "
