@@ -397,16 +397,26 @@ def export_checkpoint(
             calibration = None
             if "int8" in precisions and calibration_data and int8_image != "dynamic":
                 cfg = getattr(model.visual, "preprocess_cfg", None) or {}
-                calibration = calibration_images(calibration_data, calibration_samples,
+                calibration = calibration_images(calibration_data, calibration_samples + _CHECK_IMAGES,
                                                  eval_transform(getattr(model.visual, "image_size", 224), cfg))
+                # the last few images read check the precisions (real images the calibration did not see): a
+                # static int8 tower is calibrated for the user's images, not for synthetic shapes
+                if len(calibration) > 2 * _CHECK_IMAGES:
+                    calibration, checked = calibration[:-_CHECK_IMAGES], calibration[-_CHECK_IMAGES:]
+                else:
+                    checked = None
             written = write_precisions(out_dir, precisions, claim=folder.claim, calibration=calibration,
                                        calibration_source=calibration_data or "", int8_image=int8_image)
             if "int8" in precisions:
                 log(_int8_line(calibration, calibration_data, int8_image))
             held_images, held_texts = held_out_batch(model, model_name, context_length)
+            what = f"{len(held_images)} synthetic shapes"
+            if calibration is not None and checked is not None:
+                held_images = torch.from_numpy(checked)
+                what = f"{len(held_images)} images of --calibration-data the calibration did not use"
             report.onnx_precisions = compare_precisions(model, out_dir, precisions, held_images, held_texts)
             report.onnx_methods = {p.name: how for p, how in written.items()}
-            log(f"ONNX precisions on {len(held_images)} held-out synthetic shapes (fp16: keep_io_types; "
+            log(f"ONNX precisions on {what} and {len(held_texts)} synthetic captions (fp16: keep_io_types; "
                 "int8 as above):")
             for line in summarize(report.onnx_precisions):
                 log("  " + line)
@@ -450,6 +460,9 @@ def _check_int8_options(precisions: Sequence[str], calibration_data: Optional[st
         raise ExportError(f"--calibration-samples must be >= 1, got {calibration_samples}")
     if calibration_data:
         check_calibration_data(calibration_data)
+
+
+_CHECK_IMAGES = 8  # images of --calibration-data kept out of the calibration to check each precision
 
 
 def _int8_line(calibration, calibration_data: Optional[str], int8_image: Optional[str]) -> str:

@@ -423,12 +423,18 @@ def _worker_seed(increment: int = 0) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
 
 
+_EPOCH_STAGES: list = []  # pipeline stages built by the current get_wds_dataset call that follow its epoch
+
+
 class _SeededShuffle:
     """Stands in for ``wds.shuffle(bufsize, initial)``: the same buffer shuffle, seeded by :func:`_worker_seed`
-    (one seed per pass over the data), instead of webdataset's ``pid + time`` seed."""
+    and the trainer's epoch (its ``SharedEpoch``, attached once the loader is built), instead of webdataset's
+    ``pid + time`` seed: a run resumed at epoch e shuffles as an uninterrupted run does at epoch e."""
 
     def __init__(self, bufsize: int = 1000, initial: int = 100, **kwargs):
         self.bufsize, self.initial, self.kwargs, self.passes = bufsize, initial, kwargs, 0
+        self.shared_epoch = None
+        _EPOCH_STAGES.append(self)
 
     def __call__(self, src):
         import random
@@ -436,8 +442,26 @@ class _SeededShuffle:
         from webdataset.filters import _shuffle
 
         self.passes += 1
-        rng = random.Random(_worker_seed(1_000_003 + self.passes))  # apart from the shard seeds (epoch)
+        epoch = self.passes - 1 if self.shared_epoch is None else int(self.shared_epoch.get_value())
+        rng = random.Random(_worker_seed(1_000_004 + epoch))  # apart from the shard seeds (epoch)
         return _shuffle(src, self.bufsize, self.initial, rng, **self.kwargs)
+
+
+def _epoch_following(get_wds_dataset):
+    """Upstream's ``get_wds_dataset``, then the stages it built that follow the epoch get its ``SharedEpoch``."""
+
+    @functools.wraps(get_wds_dataset)
+    def build(*args, **kwargs):
+        _EPOCH_STAGES.clear()
+        try:
+            data = get_wds_dataset(*args, **kwargs)
+            for stage in _EPOCH_STAGES:
+                stage.shared_epoch = data.shared_epoch
+        finally:
+            _EPOCH_STAGES.clear()
+        return data
+
+    return build
 
 
 def install_data(data: types.ModuleType) -> None:
@@ -485,7 +509,7 @@ def install_data(data: types.ModuleType) -> None:
 
     from .distill import reinforced_get_wds_dataset
 
-    data.get_wds_dataset = reinforced_get_wds_dataset(data.get_wds_dataset)
+    data.get_wds_dataset = _epoch_following(reinforced_get_wds_dataset(data.get_wds_dataset))
 
     proxy = types.ModuleType(data.wds.__name__)  # data.py's `wds`, with the seeded shuffle
     proxy.__dict__.update(data.wds.__dict__)
