@@ -51,8 +51,9 @@ def _run(cmd, env=None, check=True):
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [
     ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-mlm-weight", "0", "--lightclip-token-weight", "1"],
-    ["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0", "--lightclip-mlm-weight", "0.5"],
-    ["--loss", "cliplite", "--cliplite-prior-weight", "0.1"],
+    pytest.param(["--loss", "lightclip", "--lightclip-instance-weight", "0", "--lightclip-token-weight", "0",
+                  "--lightclip-mlm-weight", "0.5"], marks=pytest.mark.extended),
+    pytest.param(["--loss", "cliplite", "--cliplite-prior-weight", "0.1"], marks=pytest.mark.extended),
 ], ids=["token-alone", "mlm-alone", "cliplite-prior"])
 def test_torchrun_two_cpu_processes_train(shards, tmp_path, flags):
     cmd = _cmd(shards, tmp_path / "logs", "run", 4, flags)

@@ -89,6 +89,10 @@ def test_draws_are_a_function_of_seed_epoch_and_key_only():
 
 
 def test_stored_embeddings_round_trip_in_each_dtype():
+    from open_clip_lightclip.commands.reinforce import DTYPES as CLI_DTYPES
+    from open_clip_lightclip.data.reinforced import DTYPES
+
+    assert CLI_DTYPES == DTYPES
     x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
     for dtype, tol in (("fp32", 0), ("fp16", 1e-3), ("bf16", 8e-3)):
         back = decode_embeddings(np.load(io.BytesIO(_encode(x, dtype))), dtype)
@@ -138,35 +142,44 @@ COCA = {"embed_dim": 64, "custom_text": True,
                            "attn_pooler_heads": 2}}
 
 
+BUILD_MODELS = """
+import json, sys
+from pathlib import Path
+import open_clip, torch
+from open_clip.coca_model import CoCa
+root, COCA = Path(sys.argv[1]), json.loads(sys.argv[2])
+torch.manual_seed(2)
+teacher = open_clip.create_model("LightCLIP-Tiny")
+torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in teacher.state_dict().items()}}, root / "teacher.pt")
+coca = CoCa(**{k: v for k, v in COCA.items() if k != "custom_text"})
+tok = open_clip.get_tokenizer("LightCLIP-Tiny")  # 32-token CLIP tokenizer
+loss_fn = open_clip.CoCaLoss(caption_loss_weight=1.0, clip_loss_weight=0.0)
+opt = torch.optim.AdamW(coca.parameters(), lr=1e-3)
+images, texts = torch.randn(8, 3, 32, 32), tok(["a red square", "a blue circle"] * 4)
+for _ in range(5):
+    out = coca(images, texts)
+    loss = sum(loss_fn(out["image_features"], out["text_features"], out["logits"], out["labels"], out["logit_scale"]))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+assert all(bool(torch.isfinite(p).all()) for p in coca.parameters())
+cap = root / "coca"
+cap.mkdir()
+(cap / "open_clip_config.json").write_text(json.dumps({"model_cfg": COCA, "preprocess_cfg": {
+    "size": 32, "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}))
+torch.save(coca.state_dict(), cap / "open_clip_pytorch_model.bin")
+"""
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A teacher (LightCLIP-Tiny, the student's size, tokenizer and normalisation) saved as a trainer checkpoint and
-    a tiny CoCa captioner trained a few steps on captions in the test, saved as an OpenCLIP `local-dir:` folder."""
-    from open_clip.coca_model import CoCa
-
+    a tiny CoCa captioner trained a few steps on captions in the test, saved as an OpenCLIP `local-dir:` folder
+    (built in a fresh process, as the commands that read them run: nothing another test left in this one reaches
+    them)."""
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(2)
-    teacher = open_clip.create_model("LightCLIP-Tiny")
-    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in teacher.state_dict().items()}},
-               root / "teacher.pt")
-    coca = CoCa(**{k: v for k, v in COCA.items() if k != "custom_text"})
-    tok = open_clip.get_tokenizer("LightCLIP-Tiny")  # 32-token CLIP tokenizer
-    loss_fn = open_clip.CoCaLoss(caption_loss_weight=1.0, clip_loss_weight=0.0)
-    opt = torch.optim.AdamW(coca.parameters(), lr=3e-3)
-    images, texts = torch.randn(8, 3, 32, 32), tok(["a red square", "a blue circle"] * 4)
-    for _ in range(5):
-        out = coca(images, texts)
-        loss = sum(loss_fn(out["image_features"], out["text_features"], out["logits"], out["labels"],
-                           out["logit_scale"]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    cap = root / "coca"
-    cap.mkdir()
-    (cap / "open_clip_config.json").write_text(json.dumps({"model_cfg": COCA, "preprocess_cfg": {
-        "size": 32, "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}))
-    torch.save(coca.state_dict(), cap / "open_clip_pytorch_model.bin")
-    return {"teacher": f"LightCLIP-Tiny={root / 'teacher.pt'}", "captioner": f"local-dir:{cap}"}
+    run_python(["-c", BUILD_MODELS, str(root), json.dumps(COCA)])
+    return {"teacher": f"LightCLIP-Tiny={root / 'teacher.pt'}", "captioner": f"local-dir:{root / 'coca'}"}
 
 
 def _members(shard):
@@ -179,9 +192,14 @@ def _members(shard):
 
 
 def _reinforce(src, out, models, *extra):
-    return cli_main(["reinforce", src, "--out", str(out), "--teacher", models["teacher"], "--views", "3",
-                     "--captioner", models["captioner"], "--synthetic", "2", "--max-tokens", "8", "--batch-size", "8",
-                     "--aug-cfg", "scale=(0.5, 1.0)", "--no-progress", *extra])
+    """`open-clip-lightclip reinforce` with a captioner, in a fresh process (its exit status; its output goes to
+    ``_reinforce.out`` / ``.err``)."""
+    proc = run_python(["-c", "from open_clip_lightclip.cli import main; raise SystemExit(main())", "reinforce", src,
+                       "--out", str(out), "--teacher", models["teacher"], "--views", "3", "--captioner",
+                       models["captioner"], "--synthetic", "2", "--max-tokens", "8", "--batch-size", "8",
+                       "--aug-cfg", "scale=(0.5, 1.0)", "--no-progress", *extra], check=False)
+    _reinforce.out, _reinforce.err = proc.stdout, proc.stderr
+    return proc.returncode
 
 
 @pytest.mark.slow
@@ -189,8 +207,8 @@ def test_reinforce_writes_views_embeddings_and_captions_resumes_and_refuses(mode
     from open_clip_lightclip.models.teachers import build_teacher
 
     out = tmp_path / "dr"
-    assert _reinforce(tiny_shards, out, models) == 0
-    said = capsys.readouterr().out
+    assert _reinforce(tiny_shards, out, models) == 0, _reinforce.err[-2000:]
+    said = _reinforce.out
     assert re.search(r"32 samples in 2 shards .* 3 views, 128-d teacher embeddings \(fp16\), 2 synthetic captions; "
                      r"\d+ bytes added per sample", said)
     info = json.loads((out / "reinforce.json").read_text())
@@ -221,10 +239,10 @@ def test_reinforce_writes_views_embeddings_and_captions_resumes_and_refuses(mode
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     assert _reinforce(tiny_shards, out, models) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
-    capsys.readouterr()
     assert _reinforce(tiny_shards, out, models, "--views", "4") == 2
-    assert "holds a reinforcement of other shards or settings; choose another --out" in capsys.readouterr().err
+    assert "holds a reinforcement of other shards or settings; choose another --out" in _reinforce.err
     # bad input stops in one line
+    capsys.readouterr()
     assert cli_main(["reinforce", tiny_shards, "--out", str(tmp_path / "x"), "--captioner", models["teacher"],
                      "--synthetic", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -134,9 +134,10 @@ def _cmd_reinforce(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    from ..data.reinforced import DTYPES
+DTYPES = ("fp16", "bf16", "fp32")  # data.reinforced.DTYPES, named here: --help imports no torch
 
+
+def register(sub) -> None:
     p = sub.add_parser("reinforce", help="store augmentations, teacher embeddings and synthetic captions in shards "
                                          "(for --distill-reinforced)",
                        description=(__doc__ or "").strip(), epilog=EPILOG,

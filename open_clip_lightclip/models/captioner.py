@@ -79,6 +79,9 @@ class Captioner(nn.Module):
                 nxt = torch.full((rows,), self.eot, dtype=torch.long, device=self.device)
             else:
                 probs = logits.softmax(-1)
+                if not bool(torch.isfinite(probs).all()):  # a host read, per token of an offline tool
+                    raise TeacherError(f"captioner {self.name!r}: non-finite next-token probabilities at token "
+                                       f"{length} (its weights or inputs hold NaN / inf); check the captioner")
                 sorted_p, order = probs.sort(dim=-1, descending=True)
                 drop = sorted_p.cumsum(-1) - sorted_p >= settings.top_p  # keeps at least the most likely token
                 sorted_p = sorted_p.masked_fill(drop, 0.0)
