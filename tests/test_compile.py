@@ -33,7 +33,7 @@ def varied_shards(tmp_path_factory):
     pytest.param("clip", [], marks=pytest.mark.extended),  # the plain forward: also traced by the distilled student
     ("lightclip", []),  # the default: instance + token + MLM with fusion
     pytest.param("cliplite", [], marks=pytest.mark.extended),  # the plain forward, another loss (not compiled)
-    ("clip", ["distill"]),
+    pytest.param("clip", ["distill"], marks=pytest.mark.extended),
 ])
 def test_torchcompile_trains_every_objective_with_bounded_recompiles(varied_shards, tmp_path, loss, extra):
     flags = ["--force-image-size", "64", "--torchcompile", "--log-every-n-steps", "1"]

@@ -37,6 +37,7 @@ def _state_dict(path):
     return {k.removeprefix("module."): v for k, v in torch.load(path, weights_only=True)["state_dict"].items()}
 
 
+@pytest.mark.extended
 def test_lightclip_student_of_an_unlike_teacher_with_accum_freq_resumes_and_exports(train, teachers, tmp_path, capsys):
     flags = ["--force-image-size", "64", "--distill-teacher", teachers["LightCLIP-MNv3-S"], "--lightclip-mlm-weight", "0.5",
              "--distill-feature-weight", "1", "--accum-freq", "2", "--batch-size", "4", "--log-every-n-steps", "1"]

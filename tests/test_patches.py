@@ -212,6 +212,7 @@ LOAD = textwrap.dedent(r'''
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_the_diff_alone_trains_every_plugin_loss_and_loads_its_checkpoints(patched_src, train, tmp_path):
     """Runtime patching off (an OpenCLIP with the hooks is left alone): the plugin registers through the diff's
     plugin API (its ``open_clip.plugins`` entry point), trains --loss lightclip and --loss cliplite with the prior

@@ -291,7 +291,7 @@ def test_training_from_reinforced_shards_equals_online_distillation_on_the_repla
     assert worst <= 1e-5, worst
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_shards_without_what_training_asks_for_stop_the_trainer_in_one_line(train, models, tiny_shards, tmp_path):
     proc, _ = train(extra=["--distill-reinforced"], check=False)  # plain shards
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]

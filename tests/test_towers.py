@@ -96,6 +96,7 @@ def test_export_fuses_a_reparameterisable_tower_and_reloads_it_fused(name, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_timm_backbone_by_name_through_the_trainer_export_and_back(train, tmp_path):
     name = "LightCLIP-Tiny+ghostnetv3_100"
     _, ckpt_dir = train(model=name, loss="lightclip", extra=["--force-image-size", "64", "--lightclip-mlm-weight", "0.5"])
