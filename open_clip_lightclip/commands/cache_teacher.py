@@ -1,6 +1,5 @@
 """``open-clip-lightclip cache-teacher``: teacher embeddings stored in the shards, once, for ``--distill-cache``."""
 import argparse
-import os
 import sys
 
 EPILOG = """\
@@ -20,24 +19,20 @@ example:
 
 
 def _cmd_cache_teacher(args: argparse.Namespace) -> int:
-    import braceexpand
     from tqdm import tqdm
 
+    from ..data.derived import count_samples, source_shards
     from ..data.teacher_cache import CacheError, cache_teacher_shards
     from ..models.teachers import TeacherError, build_teacher
 
-    sources = [s for part in args.shards.split("::") for s in braceexpand.braceexpand(part)]
-    missing = [s for s in sources if not os.path.isfile(s)]
-    if missing:
-        print(f"error: no such shard {missing[0]} ({len(missing)} of {len(sources)} missing)", file=sys.stderr)
+    try:
+        sources = source_shards(args.shards)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         teachers = [build_teacher(spec, device=args.device, precision=args.precision) for spec in args.teacher]
-        total = None
-        if not args.no_progress:
-            import tarfile
-
-            total = sum(len({m.name.partition(".")[0] for m in tarfile.open(s) if m.isfile()}) for s in sources)
+        total = None if args.no_progress else count_samples(sources)
         with tqdm(total=total, unit="sample", desc="cache-teacher", disable=args.no_progress) as bar:
             info = cache_teacher_shards(sources, args.out, teachers, batch_size=args.batch_size, progress=bar.update)
     except (TeacherError, CacheError) as e:

@@ -2,7 +2,6 @@
 augmentations per image, the teachers' embeddings of each view and caption, synthetic captions from a CoCa
 captioner (for ``--distill-reinforced``)."""
 import argparse
-import os
 import sys
 
 EPILOG = """\
@@ -75,17 +74,17 @@ def _spec(aug_cfg: dict):
 def _cmd_reinforce(args: argparse.Namespace) -> int:
     import time
 
-    import braceexpand
     from tqdm import tqdm
 
+    from ..data.derived import count_samples, source_shards
     from ..data.reinforced import ReinforceError, reinforce_shards
     from ..models.captioner import DecodeSettings
     from ..models.teachers import TeacherError
 
-    sources = [s for part in args.shards.split("::") for s in braceexpand.braceexpand(part)]
-    missing = [s for s in sources if not os.path.isfile(s)]
-    if missing:
-        print(f"error: no such shard {missing[0]} ({len(missing)} of {len(sources)} missing)", file=sys.stderr)
+    try:
+        sources = source_shards(args.shards)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.synthetic and not args.captioner:
         print("error: --synthetic needs --captioner (an OpenCLIP CoCa model and its weights)", file=sys.stderr)
@@ -99,11 +98,7 @@ def _cmd_reinforce(args: argparse.Namespace) -> int:
                     views=args.views, synthetic=args.synthetic, decode=decode.to_dict(), dtype=args.dtype,
                     seed=args.seed, batch_size=args.batch_size)
         teachers, captioner = _build(opts)  # here first: a bad teacher or captioner stops before any work
-        total = None
-        if not args.no_progress:
-            import tarfile
-
-            total = sum(len({m.name.partition(".")[0] for m in tarfile.open(s) if m.isfile()}) for s in sources)
+        total = None if args.no_progress else count_samples(sources)
         started = time.time()
         with tqdm(total=total, unit="sample", desc="reinforce", disable=args.no_progress) as bar:
             map_shards = None
@@ -127,9 +122,10 @@ def _cmd_reinforce(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = sum(info["shards"].values())
-    dims = "+".join(str(t["dim"]) for t in info["teachers"]) or "no"
+    dims = "+".join(str(t["dim"]) for t in info["teachers"])
+    teachers = f"{dims}-d teacher embeddings ({info['dtype']})" if dims else "no teacher embeddings"
     print(f"[reinforce] {n} samples in {len(info['shards'])} shards in {args.out}: {info['views']} views, "
-          f"{dims}-d teacher embeddings ({info['dtype']}), {info['synthetic']} synthetic captions; "
+          f"{teachers}, {info['synthetic']} synthetic captions; "
           f"{info['bytes_per_sample']:.0f} bytes added per sample; {time.time() - started:.0f} s")
     return 0
 

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 from .shards import add_tar_member
 
-__all__ = ["DerivedShards", "write_shard"]
+__all__ = ["DerivedShards", "write_shard", "source_shards", "count_samples"]
 
 
 class DerivedShards:
@@ -79,3 +79,24 @@ def write_shard(path: Path, samples: Iterable[Tuple[str, Dict[str, bytes]]]) -> 
                 add_tar_member(tar, f"{key}.{ext}", data, now)
             n += 1
     return n
+
+
+def source_shards(pattern: str) -> List[str]:
+    """The shards of a brace pattern (``'::'`` between several); ``FileNotFoundError`` (one line) naming the first
+    missing one."""
+    import braceexpand
+
+    sources = [s for part in pattern.split("::") for s in braceexpand.braceexpand(part)]
+    missing = [s for s in sources if not os.path.isfile(s)]
+    if missing:
+        raise FileNotFoundError(f"no such shard {missing[0]} ({len(missing)} of {len(sources)} missing)")
+    return sources
+
+
+def count_samples(sources: Sequence[str]) -> int:
+    """The samples (distinct keys) in the shards, read from their tar headers (for a progress bar's total)."""
+    total = 0
+    for src in sources:
+        with tarfile.open(src) as tar:
+            total += len({m.name.partition(".")[0] for m in tar if m.isfile()})
+    return total
