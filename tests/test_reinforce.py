@@ -361,3 +361,48 @@ def test_resume_repeats_the_sample_order(tiny_shards, tmp_path):
     run_python(cmd("resumed", "--resume", str(straight / "epoch_1.pt")))
     a, b = _weights(straight / "epoch_2.pt"), _weights(tmp_path / "logs" / "resumed" / "checkpoints" / "epoch_2.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_synthetic_captions_add_each_objectives_caption_terms_weighted():
+    """Real captions: the wrapped loss as it is; synthetic: `weight` x the terms one more caption adds: CLIP's whole
+    loss, LightCLIP's instance term (token / MLM on the real caption only), CLIP-Lite's JSD with the same step's
+    negatives, and distillation's affinity (teacher's synthetic-caption rows) and text-only feature term."""
+    from open_clip.loss import ClipLoss
+
+    from open_clip_lightclip.losses.cliplite import ClipLiteLoss
+    from open_clip_lightclip.losses.distill import DistillationLoss, affinity_kl, feature_distance
+    from open_clip_lightclip.losses.lightclip import LightCLIPLoss
+    from open_clip_lightclip.losses.synthetic import SyntheticCaptionLoss
+
+    torch.manual_seed(0)
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s), dim=-1)  # noqa: E731
+    image, text, syn, t_image, t_text, t_syn = unit(6, 8), unit(6, 8), unit(6, 8), unit(6, 4), unit(6, 4), unit(6, 4)
+    scale = torch.tensor(20.0)
+    out = dict(image_features=image, text_features=text, logit_scale=scale, synthetic_text_features=syn)
+    clip = ClipLoss()
+    got = SyntheticCaptionLoss(clip, 0.5)(output_dict=True, **out)
+    assert set(got) == {"contrastive_loss", "synthetic_contrastive_loss"}
+    torch.testing.assert_close(got["synthetic_contrastive_loss"], 0.5 * clip(image, syn, scale))
+    torch.testing.assert_close(got["contrastive_loss"], clip(image, text, scale))
+
+    light = LightCLIPLoss(token_weight=0.0, mlm_weight=0.0)
+    got = SyntheticCaptionLoss(light, 2.0)(output_dict=True, **out)
+    torch.testing.assert_close(got["synthetic_instance_loss"], 2.0 * light.instance_loss(image, syn, scale))
+
+    lite = ClipLiteLoss(seed=3)
+    got = SyntheticCaptionLoss(lite, 1.0)(output_dict=True, **out)
+    torch.testing.assert_close(got["synthetic_cliplite_jsd"], lite.jsd(image, syn, scale, lite.step_generator(0)))
+
+    kd = DistillationLoss(ClipLoss(), [50.0], affinity_weight=1.0, feature_weight=1.0)
+    proj = torch.nn.Linear(8, 4, bias=False)
+    got = SyntheticCaptionLoss(kd, 1.0)(output_dict=True, **out, distill_t0_image_features=t_image,
+                                        distill_t0_text_features=t_text, synthetic_distill_t0_text_features=t_syn,
+                                        distill_p0_image_features=proj(image), distill_p0_text_features=proj(text),
+                                        synthetic_distill_p0_text_features=proj(syn))
+    assert set(got) == {"contrastive_loss", "distill_affinity_loss", "distill_feature_loss",
+                        "synthetic_contrastive_loss", "synthetic_distill_affinity_loss",
+                        "synthetic_distill_feature_loss"}
+    torch.testing.assert_close(got["synthetic_distill_affinity_loss"], affinity_kl(image, syn, scale, t_image, t_syn, 50.0))
+    torch.testing.assert_close(got["synthetic_distill_feature_loss"], feature_distance(proj(syn), t_syn).mean())
+    with pytest.raises(ValueError, match="no 'synthetic_text_features'"):
+        SyntheticCaptionLoss(clip)(image_features=image, text_features=text, logit_scale=scale)

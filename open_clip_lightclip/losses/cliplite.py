@@ -185,6 +185,7 @@ class ClipLiteLoss(nn.Module):
         self.rank = rank
         self.world_size = world_size
         self.calls = 0
+        self.last_step = 0  # the step of the latest forward: its negatives serve that step's caption_terms
         self.progress = progress  # the trainer's step (open_clip_lightclip.losses.progress.PROGRESS), when it runs
 
     def step_generator(self, step: int) -> torch.Generator:
@@ -239,17 +240,11 @@ class ClipLiteLoss(nn.Module):
             total = total + F.softplus(-disc(prior)).mean() + F.softplus(disc(emb)).mean()
         return total
 
-    def _step(self) -> int:
-        if self.progress is not None and self.progress.total_steps:
-            return self.progress.step  # the trainer's optimizer step: right after --resume too
-        return self.calls // self.calls_per_step
-
     def caption_terms(self, image_features, text_features, logit_scale, **unused):
-        """The terms one more caption per image adds (``losses.synthetic``): the JSD term, with this step's negatives
-        (the prior judges the embeddings once, on the real caption)."""
-        step = max(self.calls - 1, 0) // self.calls_per_step if self.progress is None or not self.progress.total_steps \
-            else self.progress.step
-        return {"cliplite_jsd": self.jsd(image_features, text_features, logit_scale, self.step_generator(step))}
+        """The terms one more caption per image adds (``losses.synthetic``): the JSD term, with the negatives of the
+        step the latest forward drew (the prior judges the embeddings once, on the real caption)."""
+        return {"cliplite_jsd": self.jsd(image_features, text_features, logit_scale,
+                                         self.step_generator(self.last_step))}
 
     def forward(
             self,
@@ -259,8 +254,12 @@ class ClipLiteLoss(nn.Module):
             output_dict: bool = False,
             **unused,
     ):
-        step = self._step()
+        if self.progress is not None and self.progress.total_steps:
+            step = self.progress.step  # the trainer's optimizer step: right after --resume too
+        else:
+            step = self.calls // self.calls_per_step
         self.calls += 1
+        self.last_step = step
         losses = {"cliplite_jsd": self.jsd(image_features, text_features, logit_scale, self.step_generator(step))}
         if self.prior is not None and self.prior_weight > 0:
             prior = self.prior_weight * self.prior_term(image_features, text_features)

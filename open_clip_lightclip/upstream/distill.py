@@ -122,9 +122,11 @@ def configure_distillation(model, args) -> None:
     attach_distillation(model, teachers, dims, tokenizer, projector, synthetic=bool(plan and plan["synthetic"]))
     args.distill_teacher_scales = scales
     if plan:
+        from ..data.augment import AugmentSpec
+
         info = plan["info"]
         logging.info(f"open-clip-lightclip: reinforced shards: {info['views']} stored views per image "
-                     f"({_augment_description(info)}), one replayed per sample and epoch"
+                     f"({AugmentSpec.from_dict(info['augment']).describe()}), one replayed per sample and epoch"
                      + (f"; + {args.distill_synthetic_weight:g} x the terms of one of {info['synthetic']} synthetic "
                         f"captions" if plan["synthetic"] else "; real captions only"))
     if dims:
@@ -132,12 +134,6 @@ def configure_distillation(model, args) -> None:
         logging.info(f"open-clip-lightclip: distilling from {', '.join(names)} ({how}; logit scales "
                      f"{', '.join(f'{s:.1f}' for s in scales)}; affinity weight {args.distill_affinity_weight}, "
                      f"feature weight {args.distill_feature_weight})")
-
-
-def _augment_description(info: dict) -> str:
-    from ..data.augment import AugmentSpec
-
-    return AugmentSpec.from_dict(info["augment"]).describe()
 
 
 def configure_model(model, args) -> None:
@@ -201,7 +197,6 @@ def reinforced_get_wds_dataset(upstream_get_wds_dataset):
         if building["stage"] is None:
             raise RuntimeError("--distill-reinforced: the trainer's webdataset pipeline has no map_dict(image, text) / "
                                "to_tuple('image', 'text') stage to replace; this OpenCLIP is not the tested 3.3.x")
-        building["stage"].shared_epoch = data.shared_epoch  # the draws follow the trainer's epoch (and --resume)
         return data
 
     return get_wds_dataset
@@ -239,7 +234,9 @@ def reinforced_stage():
                         "are replayed")
     stage = ReinforcedSamples(_BUILDING["text"], size, mean, std, args.seed, plan["info"], plan["cached"],
                               plan["synthetic"])
-    _BUILDING["stage"] = stage
+    from .hooks import follow_epoch
+
+    _BUILDING["stage"] = follow_epoch(stage)  # the draws follow the trainer's epoch (and --resume)
     return stage
 
 

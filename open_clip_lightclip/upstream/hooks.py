@@ -426,6 +426,13 @@ def _worker_seed(increment: int = 0) -> int:
 _EPOCH_STAGES: list = []  # pipeline stages built by the current get_wds_dataset call that follow its epoch
 
 
+def follow_epoch(stage):
+    """Give ``stage`` the ``SharedEpoch`` of the loader being built (as ``stage.shared_epoch``) once it exists."""
+    stage.shared_epoch = None
+    _EPOCH_STAGES.append(stage)
+    return stage
+
+
 class _SeededShuffle:
     """Stands in for ``wds.shuffle(bufsize, initial)``: the same buffer shuffle, seeded by :func:`_worker_seed`
     and the trainer's epoch (its ``SharedEpoch``, attached once the loader is built), instead of webdataset's
@@ -433,8 +440,7 @@ class _SeededShuffle:
 
     def __init__(self, bufsize: int = 1000, initial: int = 100, **kwargs):
         self.bufsize, self.initial, self.kwargs, self.passes = bufsize, initial, kwargs, 0
-        self.shared_epoch = None
-        _EPOCH_STAGES.append(self)
+        follow_epoch(self)
 
     def __call__(self, src):
         import random
