@@ -278,3 +278,15 @@ def test_distillation_trains_through_the_diffs_train_hook(patched_src, train, ti
     bad = run_python(["-m", "open_clip_train.main", "--train-data", tiny_shards, "--model", "LightCLIP-Tiny",
                       "--distill-teacher", spec], check=False, **env)  # no --loss: the hook's check stops it
     assert bad.returncode == 2 and "work with the plugin's objectives: add --loss" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_reinforced_training_is_refused_on_the_diffs_route_in_one_line(patched_src, train, tmp_path):
+    """The diff's train-hook API has no stage for the augmentation: `--distill-reinforced` would train on fresh
+    crops without a word, so it stops at parse time instead."""
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    proc, _ = train(runner=runner, env={"PYTHONPATH": str(patched_src), "HF_HUB_OFFLINE": "1"},
+                    extra=["--distill-reinforced"], check=False)
+    assert proc.returncode == 2 and "an OpenCLIP carrying patches/ leaves out" in proc.stderr, proc.stderr[-2000:]

@@ -55,6 +55,13 @@ def check_distillation(args: argparse.Namespace) -> None:
         if getattr(args, f"distill_{flag}", False) and args.dataset_type not in ("webdataset", "auto"):
             raise ValueError(f"--distill-{flag} reads webdataset shards; got --dataset-type {args.dataset_type}")
     if getattr(args, "distill_reinforced", False):
+        import open_clip
+
+        from .hooks import upstream_has_hooks
+
+        if upstream_has_hooks(open_clip):  # its train-hook API has no stage for the augmentation
+            raise ValueError("--distill-reinforced replays stored views through the plugin's runtime seam, which an "
+                             "OpenCLIP carrying patches/ leaves out: train it with the released open_clip_torch 3.3")
         _reinforced_plan(args)  # the shards hold what the run asks for: checked before anything is built
 
 
