@@ -28,8 +28,9 @@ def main(argv):
     open_clip.add_model_config(staging)
     from open_clip_train.main import main as train
 
-    defaults = ["--coca-caption-loss-weight", "2", "--coca-contrastive-loss-weight", "1"]
-    train(["--model", "coca-tiny", *[a for a in defaults if a not in trainer_args], *trainer_args])
+    defaults = {"--coca-caption-loss-weight": "2", "--coca-contrastive-loss-weight": "1"}
+    given = [a for flag, value in defaults.items() if flag not in trainer_args for a in (flag, value)]
+    train(["--model", "coca-tiny", *given, *trainer_args])
     logs = Path(trainer_args[trainer_args.index("--logs") + 1]) / trainer_args[trainer_args.index("--name") + 1]
     last = max((logs / "checkpoints").glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     state = {k.removeprefix("module."): v for k, v in torch.load(last, map_location="cpu")["state_dict"].items()}
