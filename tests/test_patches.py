@@ -233,6 +233,9 @@ def test_the_diff_alone_trains_every_plugin_loss_and_loads_its_checkpoints(patch
     lc_log = (tmp_path / "logs" / "lc" / "out.log").read_text()
     assert "Instance_loss" in lc_log and "Token_loss" in lc_log and "Mlm_loss" in lc_log
     assert "lightclip soft labels: step 0/8" in lc_log  # the schedule reads upstream's PROGRESS (2 epochs x 4 steps)
+    # what runs is said at start-up and e(t) rides on every per-step line, as on the runtime-hook route
+    assert "--loss lightclip: instance x1 (soft labels e(t) linear 0 -> 0.3" in lc_log, lc_log[-2000:]
+    assert re.findall(r"Train Epoch: .* e\(t\): ([\d.]+)", lc_log), lc_log[-2000:]
     assert "Cliplite_prior" in (tmp_path / "logs" / "cl" / "out.log").read_text()
     proc = _run(patched_src, ["-c", LOAD, *checkpoints], cwd=tmp_path, plugin=True)
     assert "LOADED 2" in proc.stdout

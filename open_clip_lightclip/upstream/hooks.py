@@ -166,13 +166,7 @@ def _make_create_loss(upstream_create_loss):
         from ..losses import create_loss as registry_create_loss
         from .distill import wrap_loss
 
-        loss = registry_create_loss(name, args)
-        if hasattr(loss, "describe"):
-            logging.info(f"--loss {name}: {loss.describe()}")
-        if hasattr(loss, "log_fields"):
-            _STEP_LOG.fields = loss.log_fields
-            logging.getLogger().addFilter(_STEP_LOG)
-        return wrap_loss(loss, args)
+        return wrap_loss(announce_loss(name, registry_create_loss(name, args)), args)
 
     return create_loss
 
@@ -191,6 +185,27 @@ class _StepLogFields(logging.Filter):
 
 
 _STEP_LOG = _StepLogFields()
+
+
+def announce_loss(name: str, loss):
+    """Says at start-up what an objective trains (its ``describe()``) and puts its ``log_fields()`` on every
+    per-step line of the trainer; returns the loss. Both routes (runtime hooks and the diff's registry) use it."""
+    if hasattr(loss, "describe"):
+        logging.info(f"--loss {name}: {loss.describe()}")
+    if hasattr(loss, "log_fields"):
+        _STEP_LOG.fields = loss.log_fields
+        logging.getLogger().addFilter(_STEP_LOG)
+    return loss
+
+
+def announced(name: str, factory):
+    """``factory`` whose losses are announced (:func:`announce_loss`): what the diff's registry is given."""
+
+    @functools.wraps(factory)
+    def create(args):
+        return announce_loss(name, factory(args))
+
+    return create
 
 
 def _make_get_model_config(factory):

@@ -19,7 +19,7 @@ def register() -> None:
         return
     import open_clip
 
-    from .hooks import _supported, model_configs_dir, upstream_has_hooks
+    from .hooks import _supported, announced, model_configs_dir, upstream_has_hooks
 
     if not upstream_has_hooks(open_clip):
         return  # a pristine OpenCLIP: the start-up hook patches it instead (hooks.py)
@@ -36,7 +36,7 @@ def register() -> None:
     for name in list_losses():
         if name not in open_clip.list_losses():  # upstream's own clip / siglip stay
             entry = get_loss_entry(name)
-            open_clip.register_loss(name, entry.factory, add_args=entry.add_args, check_args=entry.check_args,
+            open_clip.register_loss(name, announced(name, entry.factory), add_args=entry.add_args, check_args=entry.check_args,
                                     configure_model=entry.configure_model)
     from .distill import register_train_hook
 
