@@ -43,12 +43,13 @@ def test_every_plugin_float_flag_is_finite_checked():
     """No plugin flag parses with a bare ``float`` (a new flag gets the check by using ``finite_float``)."""
     import argparse
 
+    from open_clip_lightclip.losses import flag_defaults
     from open_clip_lightclip.losses.flags import finite_float
-    from open_clip_lightclip.upstream.trainer_args import _plugin_dests, add_args
+    from open_clip_lightclip.upstream.trainer_args import add_args
 
     parser = argparse.ArgumentParser()
     add_args(parser)
-    dests = set(_plugin_dests(parser))
+    dests = set(flag_defaults())
     floats = {a.dest: a.type for a in parser._actions if a.dest in dests and a.type in (float, finite_float)}
     assert len(floats) >= 11 and all(t is finite_float for t in floats.values()), floats
 
@@ -71,7 +72,20 @@ def test_plugin_flags_without_loss_or_teacher_warn(caplog):
     warnings = _warnings(caplog, "--lightclip-soft-label-max", "0.3", "--distill-feature-weight", "1")
     assert warnings == [
         "--lightclip-soft-label-max 0.3 trains nothing without --loss (it belongs to --loss lightclip)",
-        "--distill-feature-weight 1.0 trains nothing without a teacher (--distill-teacher or --distill-cache)"]
+        "--distill-feature-weight 1.0 trains nothing without a teacher (--distill-teacher, --distill-cache or "
+        "--distill-reinforced)"]
+
+
+def test_every_objectives_own_idle_flags_and_distillations_say_why(caplog):
+    """One builder for every idle-flag line: CLIP-Lite's prior flags with the prior off warned nothing before (only
+    LightCLIP's check named its own off terms), and --distill-synthetic-weight without reinforced shards was said to
+    lack a teacher or the feature term."""
+    assert _warnings(caplog, "--loss", "cliplite", "--cliplite-prior-on", "text", "--batch-size", "8") == [
+        "--cliplite-prior-on text trains nothing while the prior term is off (--cliplite-prior-weight 0)"]
+    caplog.clear()
+    assert _warnings(caplog, "--loss", "clip", "--distill-cache", "--distill-synthetic-weight", "0.5",
+                     "--distill-affinity-weight", "1") == [
+        "--distill-synthetic-weight 0.5 trains nothing without --distill-reinforced"]
 
 
 def test_flags_of_the_run_s_own_objective_do_not_warn(caplog):

@@ -65,7 +65,7 @@ def test_a_flag_of_a_term_that_is_off_warns_once(caplog):
                     "hungarian", "--lightclip-sinkhorn-iters", "10", "--lightclip-mlm-weight", "0.5"])
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     # the one set away from its default is named; one left at its default, or of a term that is on, is not
-    assert warnings == ["--lightclip-matching hungarian has no effect: the token term is off "
+    assert warnings == ["--lightclip-matching hungarian trains nothing while the token term is off "
                         "(--lightclip-token-weight 0)"]
 
 

@@ -177,6 +177,25 @@ def test_patched_trainer_help_lists_loss(patched_src, tmp_path):
     assert "--loss" in proc.stdout and "{clip,siglip}" in proc.stdout, proc.stdout[-2000:]
 
 
+IDLE = textwrap.dedent(r'''
+    import logging, open_clip
+    from open_clip import factory
+    from open_clip_train.params import parse_args
+    assert not hasattr(factory.create_loss, "__wrapped__")  # the diff's registry, not the runtime hooks
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    parse_args(["--train-data", "x.tar", "--model", "LightCLIP-Tiny", "--loss", "lightclip",
+                "--lightclip-token-weight", "0", "--lightclip-matching", "hungarian", "--cliplite-prior-weight", "0.1"])
+''')
+
+
+def test_the_diffs_route_warns_of_flags_that_train_nothing(patched_src, tmp_path):
+    """The plugin's idle-flag lines (one builder) reach the diff's route through its train hook's check."""
+    err = _run(patched_src, ["-c", IDLE], cwd=tmp_path, plugin=True).stderr.strip().splitlines()
+    assert err == ["--lightclip-matching hungarian trains nothing while the token term is off "
+                   "(--lightclip-token-weight 0)",
+                   "--cliplite-prior-weight 0.1 trains nothing with --loss lightclip (it belongs to --loss cliplite)"], err
+
+
 # Runs the real trainer (``open_clip_train.main``) in a process where the plugin is ON, then checks that
 # nothing of OpenCLIP or its trainer was patched at run time: the diff's hooks carried everything.
 RUNNER = textwrap.dedent(r'''

@@ -29,7 +29,7 @@ draws ``torch.rand`` in the unit cube for unnormalised features).
 import argparse
 import logging
 import os
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -291,9 +291,11 @@ def _add_args(group) -> None:
              "embeddings and discriminator minimise the same term, as the reference code's single optimizer.")
 
 
-def _inactive_args(args: argparse.Namespace) -> List[str]:
+def _inactive_args(args: argparse.Namespace) -> Dict[str, str]:
     """The prior's shape flags while the prior term is off: they train nothing."""
-    return ["cliplite_prior_on", "cliplite_prior_grad"] if args.cliplite_prior_weight == 0 else []
+    why = "while the prior term is off (--cliplite-prior-weight 0)"
+    return {name: why for name in ("cliplite_prior_on", "cliplite_prior_grad")} if args.cliplite_prior_weight == 0 \
+        else {}
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ gathered as the instance term's (teacher features as constants), the feature ter
 term scaled by :func:`~.distributed.local_term_scale`: every term stays the same fraction of its
 single-process gradient as the contrastive term, whatever the number of processes.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -201,16 +201,21 @@ def add_distill_args(group) -> None:
            "sums both: 1, the default; 0: real captions only)")
 
 
-def inactive_distill_args(args) -> List[str]:
-    """The ``--distill-*`` flags that change nothing for ``args``: all of them without a teacher, the teachers' logit
-    scales while the affinity term is off, the feature distance while the feature term is off."""
+def inactive_distill_args(args) -> Dict[str, str]:
+    """The ``--distill-*`` flags that change nothing for ``args``, each with why: all of them without a teacher,
+    the teachers' logit scales while the affinity term is off, the feature distance while the feature term is off,
+    the synthetic captions' weight without reinforced shards."""
     reinforced = getattr(args, "distill_reinforced", False)
-    idle = [] if reinforced else ["distill_synthetic_weight"]
+    idle = {} if reinforced else {"distill_synthetic_weight": "without --distill-reinforced"}
     if not (args.distill_teacher or args.distill_cache or reinforced):
-        return idle + ["distill_affinity_weight", "distill_feature_weight", "distill_feature_distance",
-                       "distill_teacher_logit_scale"]
-    off = idle + ([] if args.distill_affinity_weight else ["distill_teacher_logit_scale"])
-    return off + ([] if args.distill_feature_weight else ["distill_feature_distance"])
+        why = "without a teacher (--distill-teacher, --distill-cache or --distill-reinforced)"
+        return {**idle, **{name: why for name in ("distill_affinity_weight", "distill_feature_weight",
+                                                  "distill_feature_distance", "distill_teacher_logit_scale")}}
+    if not args.distill_affinity_weight:
+        idle["distill_teacher_logit_scale"] = "with --distill-affinity-weight 0"
+    if not args.distill_feature_weight:
+        idle["distill_feature_distance"] = "with --distill-feature-weight 0"
+    return idle
 
 
 def teacher_rows(args) -> bool:

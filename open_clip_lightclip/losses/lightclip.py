@@ -15,10 +15,9 @@ Distributed like ``ClipLoss``: features and tokens are gathered (``--gather-with
 ``--local-loss`` keep their meaning); the MLM term is the global mean over all ranks'
 masked tokens, scaled so DDP's gradient averaging yields its exact gradient.
 """
-import argparse
 import logging
 import math
-from typing import List, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -30,8 +29,7 @@ from .flags import finite_float
 from .registry import register_loss
 from .token_matching import MATCHING_MODES, SINKHORN_KERNELS, aligned_scores, token_scores, trim_words
 
-__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce", "idle_flag_warnings",
-           "unused_parameters"]
+__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce", "unused_parameters"]
 
 SCHEDULES = ("linear", "cosine", "constant")
 SPREADS = ("uniform", "similarity")
@@ -369,36 +367,17 @@ def _add_args(group) -> None:
       help="logit scale of the token term: the model's (shared with the instance term) or its own learned one")
 
 
-def _inactive_args(args) -> List[str]:
-    """The flags of the terms that are off (and the soft-label shape when ``e_max`` is 0): they train nothing."""
-    off = [name for term, names in TERM_ARGS.items() if getattr(args, f"lightclip_{term}_weight") == 0
-           for name in names]
+def _inactive_args(args) -> Dict[str, str]:
+    """The flags of the terms that are off (and the soft-label shape when ``e_max`` is 0), each with why they train
+    nothing."""
+    off = {}
+    for term, names in TERM_ARGS.items():
+        if getattr(args, f"lightclip_{term}_weight") == 0:
+            off.update({name: f"while the {term} term is off (--lightclip-{term}-weight 0)" for name in names})
     if args.lightclip_soft_label_max == 0:
-        off += ["lightclip_soft_label_schedule", "lightclip_soft_label_spread"]
+        for name in ("lightclip_soft_label_schedule", "lightclip_soft_label_spread"):
+            off.setdefault(name, "while --lightclip-soft-label-max is 0")
     return off
-
-
-def _flag_defaults() -> dict:
-    """Every ``--lightclip-*`` flag's default (``args`` names)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    _add_args(parser)
-    return vars(parser.parse_args([]))
-
-
-def idle_flag_warnings(args) -> List[str]:
-    """One line per flag set away from its default that trains nothing here, because its term is off (or, for the
-    soft labels' shape, ``e_max`` is 0)."""
-    defaults, lines = _flag_defaults(), []
-    for name in _inactive_args(args):
-        value = getattr(args, name)
-        if value == defaults.get(name, value):
-            continue
-        term = next(t for t, names in TERM_ARGS.items() if name in names)
-        why = (f"the {term} term is off (--lightclip-{term}-weight 0)" if getattr(args, f"lightclip_{term}_weight") == 0
-               else "--lightclip-soft-label-max is 0")
-        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-        lines.append(f"--{name.replace('_', '-')} {shown} has no effect: {why}")
-    return lines
 
 
 def _check_args(args) -> None:
@@ -441,8 +420,6 @@ def _check_args(args) -> None:
                          "--lightclip-token-scope local (or the negatives)")
     if args.lightclip_token_dim < 1:
         raise ValueError(f"--lightclip-token-dim must be >= 1, got {args.lightclip_token_dim}")
-    for line in idle_flag_warnings(args):
-        logging.warning(line)
     if args.lightclip_token_weight > 0 and args.lightclip_matching == "hungarian" and \
             not str(getattr(args, "device", "cpu")).startswith("cpu"):
         logging.warning("--lightclip-matching hungarian solves each pair with scipy on the CPU (twice per block with "

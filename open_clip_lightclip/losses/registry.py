@@ -6,18 +6,20 @@ An entry may also bring its own trainer flags (``add_args``), a check of them ru
 after parsing (``check_args``, raises ``ValueError`` with a one-line message) and a
 ``configure_model(model, args)`` run on the trainer's model right after it is built
 (before locking, DDP and the optimizer), to switch on token outputs or attach
-training-only modules, and ``inactive_args(args)``: the names of its flags that change nothing
-for these ``args`` (those of a term whose weight is 0), so that runs differing only there are one run
-(:func:`idle_args` adds the other objectives' flags and the idle distillation flags), and ``leaves_unused(args)``:
+training-only modules, and ``inactive_args(args)``: its flags that change nothing for these ``args`` (those of a
+term whose weight is 0), each with why, so that runs differing only there are one run and a user who set one is
+told (:func:`idle_args` adds the other objectives' flags and the idle distillation flags), and ``leaves_unused(args)``:
 True when some trainable parameters may feed no term (the trainer then freezes them, once every training module,
 distillation's included, is attached).
 """
+import argparse
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional
 
 import torch.nn as nn
 
-__all__ = ["LossEntry", "register_loss", "create_loss", "list_losses", "get_loss_entry", "idle_args"]
+__all__ = ["LossEntry", "register_loss", "create_loss", "list_losses", "get_loss_entry", "idle_args", "flag_defaults",
+           "flag_warnings"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class LossEntry:
     add_args: Optional[Callable] = None  # (argparse group) -> None
     check_args: Optional[Callable] = None  # (args) -> None, raises ValueError
     configure_model: Optional[Callable] = None  # (model, args) -> None
-    inactive_args: Optional[Callable] = None  # (args) -> names of its args that change nothing for these args
+    inactive_args: Optional[Callable] = None  # (args) -> {name: why} of its args that change nothing for these args
     leaves_unused: Optional[Callable] = None  # (args) -> True when some trainable parameters may feed no term
 
 
@@ -55,17 +57,48 @@ def get_loss_entry(name: str) -> LossEntry:
     return _LOSSES[name]
 
 
-def idle_args(args) -> Set[str]:
-    """The names of the parsed trainer ``args`` that change nothing for this run: every flag of another ``--loss``
-    (``lightclip_*`` for a ``--loss clip`` run), the run's own loss's ``inactive_args`` (a term whose weight is 0)
-    and the distillation flags left idle (no teacher, or a term off)."""
+def idle_args(args) -> Dict[str, str]:
+    """The parsed trainer ``args`` that change nothing for this run, each with the end of a sentence saying why:
+    every flag of another ``--loss`` (``lightclip_*`` for a ``--loss clip`` run), the run's own loss's
+    ``inactive_args`` (a term whose weight is 0) and the distillation flags left idle (no teacher, or a term off)."""
     from .distill import inactive_distill_args
 
-    own = _LOSSES.get(getattr(args, "loss", None))
-    other = tuple(f"{entry.name}_" for entry in _LOSSES.values() if entry is not own and entry.add_args)
-    idle = {name for name in vars(args) if name.startswith(other)}
-    idle.update(own.inactive_args(args) if own is not None and own.inactive_args else ())
-    return idle | set(inactive_distill_args(args))
+    loss = getattr(args, "loss", None)
+    own = _LOSSES.get(loss)
+    idle = {}
+    for entry in _LOSSES.values():
+        if entry is not own and entry.add_args:
+            why = (f"with --loss {loss}" if loss else "without --loss") + f" (it belongs to --loss {entry.name})"
+            idle.update({name: why for name in vars(args) if name.startswith(f"{entry.name}_")})
+    idle.update(own.inactive_args(args) if own is not None and own.inactive_args else {})
+    return {**idle, **inactive_distill_args(args)}
+
+
+def flag_defaults() -> Dict[str, Any]:
+    """Every plugin flag's default (``args`` names): each objective's flags and distillation's."""
+    from .distill import add_distill_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    for entry in _LOSSES.values():
+        if entry.add_args:
+            entry.add_args(parser)
+    add_distill_args(parser)
+    return vars(parser.parse_args([]))
+
+
+def flag_warnings(args) -> List[str]:
+    """One line per plugin flag set away from its default that trains nothing in this run (:func:`idle_args` says
+    why: another objective's flag, a flag of a term that is off, a distillation flag without a teacher), and one
+    per absurd loss weight."""
+    from .flags import absurd_weights
+
+    defaults, idle, lines = flag_defaults(), idle_args(args), []
+    for name, default in defaults.items():
+        value = getattr(args, name, default)
+        if name in idle and value != default:
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            lines.append(f"--{name.replace('_', '-')} {shown} trains nothing {idle[name]}")
+    return lines + absurd_weights(args, [name for name in defaults if name not in idle])
 
 
 def create_loss(name: str, args) -> nn.Module:

@@ -251,7 +251,12 @@ def register_train_hook(open_clip) -> None:
     """Distillation through the train-hook API of an OpenCLIP carrying ``patches/`` (the same functions the
     runtime seam calls)."""
     from ..losses.distill import add_distill_args
+    from .trainer_args import warn_idle_flags
+
+    def check_args(args):
+        check_distillation(args)
+        warn_idle_flags(args)  # the plugin's flags that train nothing in this run, as on the runtime-hook route
 
     open_clip.register_train_hook("distillation (every --loss)", add_args=add_distill_args,
-                                  check_args=check_distillation, configure_model=configure_model,
+                                  check_args=check_args, configure_model=configure_model,
                                   wrap_loss=wrap_loss, sample_stage=sample_stage)

@@ -4,9 +4,8 @@ Plain argparse; :mod:`.hooks` adds them to upstream's parser.
 """
 import argparse
 import logging
-from typing import List
 
-__all__ = ["add_args", "check_args", "idle_flag_warnings"]
+__all__ = ["add_args", "check_args", "warn_idle_flags"]
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -64,8 +63,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error(str(e))
     if args.loss is not None:
         _check_loss_args(args, parser)
-    for line in idle_flag_warnings(args, parser):
-        logging.warning(line)
+    warn_idle_flags(args)
     from .shard_check import check_data_args, parsed_by_the_trainer
 
     if parsed_by_the_trainer():  # not a planned run's settings: its shards may not exist yet
@@ -73,49 +71,6 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
             check_data_args(args)  # before the run folder is made: a typo'd --train-data stops here
         except ValueError as e:
             parser.error(str(e))
-
-
-def _plugin_dests(parser: argparse.ArgumentParser) -> List[str]:
-    """The ``args`` names of the plugin's own flags (``--lightclip-*``, ``--cliplite-*``, ``--distill-*``; upstream's
-    ``--distill-model`` / ``--distill-pretrained`` are not the plugin's)."""
-    from ..losses import get_loss_entry, list_losses
-
-    prefixes = tuple(f"{name}_" for name in list_losses() if get_loss_entry(name).add_args) + ("distill_",)
-    return [a.dest for a in parser._actions  # noqa: SLF001 - argparse has no public list of its actions
-            if a.dest.startswith(prefixes) and a.dest not in ("distill_model", "distill_pretrained")]
-
-
-def idle_flag_warnings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
-    """One line per plugin flag set away from its default that trains nothing in this run: a flag of another
-    objective (``--loss clip --lightclip-mask-prob 0.3``), a distillation flag without a teacher or of a
-    distillation term that is off; and one per absurd loss weight. (A flag of the run's own LightCLIP term that is
-    off is the objective's own check's to name.)"""
-    from ..losses import idle_args
-    from ..losses.distill import inactive_distill_args
-    from ..losses.flags import absurd_weights
-
-    dests = _plugin_dests(parser)
-    idle, distill_idle = idle_args(args), set(inactive_distill_args(args))
-    own = f"{args.loss}_" if args.loss else None
-    lines = []
-    for name in dests:
-        value = getattr(args, name, None)
-        if name not in idle or value == parser.get_default(name) or (own and name.startswith(own)):
-            continue
-        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-        flag = f"--{name.replace('_', '-')} {shown}"
-        if name in distill_idle:
-            if not (args.distill_teacher or args.distill_cache):
-                why = "without a teacher (--distill-teacher or --distill-cache)"
-            else:
-                term = "affinity" if name == "distill_teacher_logit_scale" else "feature"
-                why = f"with --distill-{term}-weight 0"
-        else:
-            owner = name.split("_", 1)[0]
-            why = f"with --loss {args.loss}" if args.loss else "without --loss"
-            why += f" (it belongs to --loss {owner})"
-        lines.append(f"{flag} trains nothing {why}")
-    return lines + absurd_weights(args, [n for n in dests if n not in idle])
 
 
 def _check_loss_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -131,3 +86,12 @@ def _check_loss_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             entry.check_args(args)
         except ValueError as e:
             parser.error(str(e))
+
+
+def warn_idle_flags(args: argparse.Namespace) -> None:
+    """Logs one warning per plugin flag that trains nothing in this run, and per absurd loss weight
+    (:func:`~open_clip_lightclip.losses.flag_warnings`); both routes call it once, after the checks."""
+    from ..losses import flag_warnings
+
+    for line in flag_warnings(args):
+        logging.warning(line)
