@@ -188,6 +188,7 @@ IDLE = textwrap.dedent(r'''
 ''')
 
 
+@pytest.mark.extended
 def test_the_diffs_route_warns_of_flags_that_train_nothing(patched_src, tmp_path):
     """The plugin's idle-flag lines (one builder) reach the diff's route through its train hook's check."""
     err = _run(patched_src, ["-c", IDLE], cwd=tmp_path, plugin=True).stderr.strip().splitlines()
