@@ -1,6 +1,7 @@
 """``open-clip-lightclip``: the command line. Subcommands live in :mod:`open_clip_lightclip.commands`."""
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from typing import List, Optional
@@ -21,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Third-party progress bars (clip_benchmark's, one per class and batch of every evaluation) off, also in the
+    # trainers a command starts; tqdm reads this once, when it is first imported. The commands' own bars pass
+    # ``disable`` explicitly and stay.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     args = build_parser().parse_args(argv)
     return args.func(args)
 

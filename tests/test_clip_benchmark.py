@@ -134,3 +134,18 @@ def test_clip_benchmark_eval_as_typed_both_tasks(datasets):
         assert result["task"] == task and result["model"] == MODEL and result["dataset"] == f"wds/{name}"
         assert set(result["metrics"]) == keys, result
         assert all(isinstance(v, float) for v in result["metrics"].values())
+
+
+def test_the_command_line_turns_clip_benchmarks_progress_bars_off(tmp_path):
+    """``ablate`` / ``bench`` logs carried one bar per class and batch of every evaluation: tqdm reads
+    TQDM_DISABLE when first imported, so setting it inside the evaluator was too late. The command line sets it
+    before anything imports tqdm; a command's own bar passes ``disable`` and stays."""
+    code = ("from open_clip_lightclip.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "from tqdm import tqdm\n"  # the class clip_benchmark's metrics call with no arguments but the iterable
+            "print(tqdm(range(2)).disable, tqdm(range(2), disable=False).disable)")
+    env = subprocess_env()
+    env.pop("TQDM_DISABLE", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "True False", proc.stdout[-500:]

@@ -193,7 +193,7 @@ def build_shards(
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=total or len(records), desc="build-shards", unit="img", dynamic_ncols=True)
+        bar = tqdm(total=total or len(records), desc="build-shards", unit="img", dynamic_ncols=True, disable=False)
 
     categories: Dict[str, Dict[str, int]] = {}
     used_keys = set()

@@ -8,7 +8,6 @@ Image->text and text->image recall@1/5/10 on the held-out split
 when the Debian package is there, Fashion-MNIST's test split: the numbers ``clip_benchmark eval``
 reports, computed in-process on the same images.
 """
-import os
 from typing import Dict, Sequence
 
 __all__ = ["IGNORED_CATEGORIES", "CLIPART_TEMPLATES", "FASHION_TEMPLATES", "load_eval_data", "retrieval_metrics",
@@ -97,7 +96,6 @@ def load_eval_data(heldout_data: str, fashion_samples: int = 0, fashion_dir=None
 
 def evaluate_model(model, preprocess, tokenizer, data: dict) -> dict:
     """Every metric the data allows: retrieval on the held-out pairs, zero-shot on categories / Fashion-MNIST."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # clip_benchmark's progress bars
     out = {"heldout_images": len(data["images"])}
     out.update(retrieval_metrics(model, preprocess, tokenizer, data["images"], data["captions"]))
     if data["classes"]:
