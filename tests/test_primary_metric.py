@@ -116,7 +116,38 @@ def test_rereport_from_results_json_reproduces_the_per_arm_numbers(tmp_path, cap
     assert json.loads((tmp_path / "results.json").read_text())["runs"] == recorded["runs"]
     capsys.readouterr()
     assert main(["ablate", "--from-results", str(tmp_path / "results.json"), "--arms", "clip"]) == 2
-    assert "--from-results reports the arms and baseline of its results.json" in capsys.readouterr().err
+    assert "--from-results reports the arms of its results.json" in capsys.readouterr().err
+
+
+def test_rereport_pairs_a_committed_study_against_another_of_its_arms(tmp_path, capsys):
+    """--from-results --baseline ARM: the same runs paired against ARM (no run folder needed); the differences are
+    the study's negated, the header marks the new baseline, and the study's own report is never replaced."""
+    study = tmp_path / "study"
+    study.mkdir()
+    _old_results(study / "results.json")
+    assert main(["ablate", "--from-results", str(study / "results.json")]) == 0
+    own = (study / "results.md").read_text()
+    capsys.readouterr()
+    assert main(["ablate", "--from-results", str(study / "results.json"), "--baseline", "x"]) == 2
+    assert capsys.readouterr().err == (f"error: --baseline x would replace the study's own report (paired against "
+                                       f"clip) in {study}: give another --report-dir\n")
+    assert main(["ablate", "--from-results", str(study / "results.json"), "--baseline", "y", "--report-dir",
+                 str(tmp_path / "vs-x")]) == 2
+    assert "--baseline y: not an arm of" in capsys.readouterr().err
+    assert (study / "results.md").read_text() == own and not (tmp_path / "vs-x").exists()
+
+    assert main(["ablate", "--from-results", str(study / "results.json"), "--baseline", "x", "--report-dir",
+                 str(tmp_path / "vs-x")]) == 0
+    again = json.loads((tmp_path / "vs-x" / "results.json").read_text())
+    assert again["baseline"] == "x" and set(again["summary"]["paired"]) == {"clip"}
+    # x vs clip: held-out average +0.5, +0.75, +1.0 points (test above); clip vs x: the negatives
+    d = again["summary"]["paired"]["clip"]["heldout_average"]
+    assert d["mean"] == pytest.approx(-0.75) and d["wins"] == 0 and d["verdict"] == "worse"
+    text = (tmp_path / "vs-x" / "results.md").read_text()
+    assert "- `x` (baseline): `--loss lightclip`" in text and "- `clip`: `--loss clip`" in text
+    assert "Paired against `x`; the study's own baseline is `clip`." in text
+    assert "| clip | -0.8 [-1.4, -0.1] |" in text, text
+    assert (study / "results.md").read_text() == own
 
 
 @pytest.mark.parametrize("study", sorted(p.parent.name for p in (REPO / "docs" / "ablation").glob("*/results.json")

@@ -141,10 +141,11 @@ def _rereport(args: argparse.Namespace) -> int:
     from ..studies.study import rereport
 
     try:
-        if args.arms or args.arms_file or args.baseline:
-            raise StudyError("--from-results reports the arms and baseline of its results.json: leave out --arms, "
-                             "--arms-file and --baseline")
-        text = rereport(args.from_results, args.primary, args.report_dir, _command_line(args, "ablate"))
+        if args.arms or args.arms_file:
+            raise StudyError("--from-results reports the arms of its results.json: leave out --arms and --arms-file "
+                             "(--baseline pairs them with another of its arms)")
+        text = rereport(args.from_results, args.primary, args.report_dir, _command_line(args, "ablate"),
+                        baseline=args.baseline)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -182,8 +183,8 @@ def register(sub) -> None:
                         "study against another baseline, or a subset of its arms); missing runs are listed")
     p.add_argument("--from-results", default=None, metavar="RESULTS_JSON",
                    help="train nothing and need no data or run folders: report the runs recorded in a study's "
-                        "results.json again (e.g. under another --primary), to --report-dir (default: its folder); "
-                        "implies --report-only")
+                        "results.json again (e.g. under another --primary, or paired against another of its arms with "
+                        "--baseline), to --report-dir (default: its folder); implies --report-only")
     add_study_args(p, out="ablate_out", seeds=(0, 1, 2),
                    image_size_help="image size in px: shards are resized once to it, training uses "
                                    "--force-image-size (default 128: a 4x4 last feature map, or the size of --data)")

@@ -9,6 +9,7 @@ whatever arm it was recorded under; an interrupted run's folder is moved aside. 
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -449,7 +450,8 @@ def _recorded_header(md: Path, cfg: StudyConfig, arms: Dict[str, list], baseline
     if md.is_file():
         lines = md.read_text().splitlines()
         end = next((i for i, line in enumerate(lines) if line.startswith(("Columns: ", "Per arm, %"))), len(lines))
-        lines = [line for line in lines[:end] if not line.startswith(("Primary metric", REREPORTED))]
+        lines = [_mark_baseline(line, baseline) for line in lines[:end]
+                 if not line.startswith(("Primary metric", REREPORTED))]
         while lines and not lines[-1].strip():
             lines.pop()
         return lines
@@ -462,11 +464,21 @@ def _recorded_header(md: Path, cfg: StudyConfig, arms: Dict[str, list], baseline
             "", f"Command: `{cfg.command_line}`"]
 
 
+def _mark_baseline(line: str, baseline: str) -> str:
+    """An arm's line of a results.md header (``- `name` (baseline): `flags```), marked for ``baseline``."""
+    m = re.match(r"- `([^`]+)`( \(baseline\))?:", line)
+    if not m:
+        return line
+    return f"- `{m.group(1)}`{' (baseline)' if m.group(1) == baseline else ''}:{line[m.end():]}"
+
+
 def rereport(results: Path, primary: str = report.DEFAULT_PRIMARY, report_dir: Optional[Path] = None,
-             command_line: str = "") -> str:
+             command_line: str = "", baseline: Optional[str] = None) -> str:
     """Report the evaluated runs of a study's ``results.json`` again under ``primary``, from their recorded metrics:
     no run folder, data or training needed. Writes ``results.md``, ``results.json`` (config, arms and runs as
-    recorded) and ``results.png`` to ``report_dir`` (default: the file's folder); returns the text of results.md."""
+    recorded) and ``results.png`` to ``report_dir`` (default: the file's folder); returns the text of results.md.
+    ``baseline`` pairs every arm with another of its arms than the study's (then ``report_dir`` must be another
+    folder: the study's own report stays)."""
     report.check_primary(primary)
     results = Path(results)
     if not results.is_file():
@@ -481,8 +493,14 @@ def rereport(results: Path, primary: str = report.DEFAULT_PRIMARY, report_dir: O
     known = {f.name for f in fields(StudyConfig)}
     cfg = StudyConfig(**{k: v for k, v in recorded.get("config", {}).items() if k in known})
     cfg.primary = primary
-    names, baseline, runs = list(recorded["arms"]), recorded["baseline"], recorded["runs"]
+    names, runs, study_baseline = list(recorded["arms"]), recorded["runs"], recorded["baseline"]
+    baseline = baseline or study_baseline
+    if baseline not in recorded["arms"]:
+        raise StudyError(f"--baseline {baseline}: not an arm of {results} (its arms: {', '.join(names)})")
     out = Path(report_dir) if report_dir else results.parent
+    if baseline != study_baseline and out.resolve() == results.parent.resolve():
+        raise StudyError(f"--baseline {baseline} would replace the study's own report (paired against "
+                         f"{study_baseline}) in {out}: give another --report-dir")
     out.mkdir(parents=True, exist_ok=True)
     summary = report.summarize_runs(runs, names, baseline, primary)
     # the metric the runs were first reported on (ablate reported on the retrieval mean before it had --primary)
@@ -492,6 +510,8 @@ def rereport(results: Path, primary: str = report.DEFAULT_PRIMARY, report_dir: O
                               cfg, recorded["arms"], baseline)
     note = (f"{REREPORTED} of the {evaluated} evaluated runs in `{results.name}` (nothing retrained) on "
             f"{time.strftime('%Y-%m-%d')}" + (f": `{command_line}`" if command_line else "") + ".")
+    if baseline != study_baseline:
+        note += f" Paired against `{baseline}`; the study's own baseline is `{study_baseline}`."
     if first != primary:
         note += (f" These runs were first reported with their verdicts on the {report.metric_title(first)}"
                  + (" (then called the mean of the six recalls)" if first == "retrieval_mean" else "")
@@ -501,7 +521,8 @@ def rereport(results: Path, primary: str = report.DEFAULT_PRIMARY, report_dir: O
     text = report.markdown(summary, names, report.chance_from_runs(runs), [*header, "", primary_line, note])
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(
-        {**{k: v for k, v in recorded.items() if k not in ("primary", "summary", "rereported")}, "primary": primary,
+        {**{k: v for k, v in recorded.items() if k not in ("primary", "summary", "rereported")}, "baseline": baseline,
+         "primary": primary,
          "summary": summary, "rereported": {"date": time.strftime("%Y-%m-%d"), "command": command_line,
                                             "first_primary": first}}, indent=1, default=str))
     if evaluated and len(names) > 1:
