@@ -80,6 +80,7 @@ def _slurm_job(cmd, tasks=2):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_slurm_route_trains_and_resume_latest_continues_the_schedule(shards, tmp_path):
     """The trainer's SLURM branch (SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, MASTER_ADDR / MASTER_PORT), as
     examples/slurm/train_lightclip.sbatch launches it: then `--resume latest` picks up at the step it stopped."""

@@ -451,7 +451,8 @@ def test_model_card_has_hub_metadata_towers_training_metrics_and_usage(tmp_path,
     assert "no metrics are claimed" in (tmp_path / "b" / "out" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("upstream_usable", [pytest.param(True, marks=pytest.mark.extended), False])
+@pytest.mark.extended
+@pytest.mark.parametrize("upstream_usable", [True, False])
 def test_push_uploads_the_exported_model_with_its_card(tmp_path, capsys, monkeypatch, upstream_usable):
     """Upstream's open_clip.push_to_hf_hub when it can run; OpenCLIP 3.3.0 + huggingface_hub >= 1 cannot
     (a removed import), then create_repo + upload_folder of the folder. The upload is stubbed."""
