@@ -78,7 +78,7 @@ def test_the_spec_is_read_from_the_trainer_transform_and_draws_repeat():
         spec_from_transform(open_clip.image_transform(32, is_train=True, aug_cfg={"use_timm": True}))
 
 
-def test_draws_are_a_function_of_seed_epoch_and_key_only():
+def test_draws_are_a_function_of_seed_epoch_shard_and_key_only():
     draws = [draw_indices(0, e, f"{i:06d}", 10, 5) for e in range(3) for i in range(300)]
     assert all(0 <= k < 10 and 0 <= j < 5 for k, j in draws)
     assert draws == [draw_indices(0, e, f"{i:06d}", 10, 5) for e in range(3) for i in range(300)]
@@ -86,6 +86,9 @@ def test_draws_are_a_function_of_seed_epoch_and_key_only():
     assert draws[:300] != draws[300:600]  # another epoch, other views
     assert draw_indices(1, 0, "000001", 10, 5) != draw_indices(0, 0, "000001", 10, 5) or \
         draw_indices(1, 0, "000002", 10, 5) != draw_indices(0, 0, "000002", 10, 5)
+    # a key repeated in another shard (webdatasets often number samples per shard) draws apart
+    other = [draw_indices(0, 0, f"{i:06d}", 10, 5, "train-00001.tar") for i in range(300)]
+    assert other != [draw_indices(0, 0, f"{i:06d}", 10, 5, "train-00000.tar") for i in range(300)]
 
 
 def test_stored_embeddings_round_trip_in_each_dtype():
@@ -98,6 +101,47 @@ def test_stored_embeddings_round_trip_in_each_dtype():
         back = decode_embeddings(np.load(io.BytesIO(_encode(x, dtype))), dtype)
         assert back.dtype == np.float32
         np.testing.assert_allclose(back, x, rtol=tol, atol=tol)
+
+
+def test_training_reads_every_source_folders_description_and_they_must_agree(tmp_path, tiny_shards, capsys):
+    """`--train-data 'a/...::b/...'` (or a brace pattern over folders): every folder's reinforce.json /
+    teacher_cache.json is read and must agree on what training reads (a bf16 folder read as fp16 is garbage);
+    `reinforce --aug-cfg ratio=...` and `--distill-reinforced --aug-cfg use_timm=True` stop in one line."""
+    from open_clip_train.params import parse_args
+
+    from open_clip_lightclip.data.reinforced import ReinforceError, read_info
+    from open_clip_lightclip.models.teachers import TeacherError
+    from open_clip_lightclip.upstream.distill import cache_info_for
+
+    base = {"format": 1, "param_width": 14, "views": 10, "dtype": "fp16", "synthetic": 2, "seed": 0,
+            "teachers": [{"spec": "T=t.pt", "dim": 4, "logit_scale": 50.0, "image_size": [32, 32]}]}
+    folders = {"a": base, "b": dict(base, seed=1), "c": dict(base, dtype="bf16"),
+               "d": dict(base, teachers=[dict(base["teachers"][0], spec="U=u.pt")])}
+    for name, info in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "reinforce.json").write_text(json.dumps(info))
+        (tmp_path / name / "teacher_cache.json").write_text(json.dumps({"teachers": info["teachers"]}))
+    a, b, c, d = (f"{tmp_path}/{n}/train-{{00000..00001}}.tar" for n in "abcd")
+    assert read_info(f"{a}::{b}")["views"] == 10  # another seed is fine: each sample carries its own views
+    with pytest.raises(ReinforceError, match=r"c/reinforce.json and .*a/reinforce.json were made with different "
+                                             r"'dtype' \('bf16' vs 'fp16'\)"):
+        read_info(f"{a}::{c}")
+    with pytest.raises(ReinforceError, match="different 'dtype'"):
+        read_info(f"{tmp_path}/{{a,c}}/train-00000.tar")
+    with pytest.raises(ReinforceError, match=r"no .*e/reinforce.json; make the shards with `open-clip-lightclip "
+                                             r"reinforce`"):
+        read_info(f"{a}::{tmp_path}/e/train-00000.tar")
+    assert cache_info_for(f"{a}::{c}")["teachers"] == base["teachers"]
+    with pytest.raises(TeacherError, match="--distill-cache: .*d/teacher_cache.json and .* different 'teachers'"):
+        cache_info_for(f"{a}::{d}")
+    assert cli_main(["reinforce", tiny_shards, "--out", str(tmp_path / "r"), "--aug-cfg", "ratio=(0.5, 2.0)",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--aug-cfg ratio: OpenCLIP's train transform ignores it" in err[0], err
+    with pytest.raises(SystemExit):
+        parse_args(["--train-data", a, "--dataset-type", "webdataset", "--device", "cpu", "--model", "LightCLIP-Tiny",
+                    "--loss", "clip", "--distill-reinforced", "--aug-cfg", "use_timm=True"])
+    assert "--aug-cfg use_timm replaces: drop use_timm from --aug-cfg" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_the_stage_packs_the_drawn_view_and_captions_and_follows_the_epoch():
@@ -115,14 +159,14 @@ def test_the_stage_packs_the_drawn_view_and_captions_and_follows_the_epoch():
     params = np.stack([draw_params(spec, _image(), s) for s in range(4)])
     timg, ttxt = np.arange(4 * 3, dtype=np.float32).reshape(4, 3), -np.arange(3 * 3, dtype=np.float32).reshape(3, 3)
     info = {"views": 4, "synthetic": 2, "dtype": "fp32"}
-    sample = {"__key__": "k1", "image": _image(), "text": tok("a cat")[0], "paug.npy": params,
-              "syn.json": ["a dog", "a red bird"], "timg.npy": timg, "ttxt.npy": ttxt}
+    sample = {"__key__": "k1", "__url__": "/data/dr/train-00003.tar", "image": _image(), "text": tok("a cat")[0],
+              "paug.npy": params, "syn.json": ["a dog", "a red bird"], "timg.npy": timg, "ttxt.npy": ttxt}
     mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     stage = ReinforcedSamples(lambda t: tok(t)[0], (24, 24), mean, std, 5, info, cached=True, synthetic=True)
     for epoch in range(3):
         stage.shared_epoch = Epoch(epoch)
         (image, packed), = list(stage([sample]))
-        k, j = draw_indices(5, epoch, "k1", 4, 2)
+        k, j = draw_indices(5, epoch, "k1", 4, 2, "train-00003.tar")
         assert torch.equal(image, replay(_image(), params[k], (24, 24), mean, std))
         tokens, syn, ((ti, tt, ts),) = unpack_texts(packed[None], [3], synthetic=True)
         assert torch.equal(tokens[0], tok("a cat")[0]) and torch.equal(syn[0], tok(["a dog", "a red bird"][j])[0])
@@ -235,6 +279,11 @@ def test_reinforce_writes_views_embeddings_and_captions_resumes_and_refuses(mode
     np.testing.assert_allclose(timg.astype(np.float32), teacher.embed_views(views).numpy(), atol=2e-3)
     caption = parts["txt"].decode()
     np.testing.assert_allclose(ttxt.astype(np.float32), teacher.embed_captions([caption, *captions]).numpy(), atol=2e-3)
+    # a sample's synthetic captions are its own: another --batch-size writes the same ones
+    assert _reinforce(tiny_shards, tmp_path / "dr-b3", models, "--batch-size", "3") == 0, _reinforce.err[-2000:]
+    for shard in ("train-00000.tar", "train-00001.tar"):
+        assert {k: p["syn.json"] for k, p in _members(tmp_path / "dr-b3" / shard).items()} == \
+            {k: p["syn.json"] for k, p in _members(out / shard).items()}
     # resumable and never overwriting: a rerun keeps every finished shard; other settings are refused
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     assert _reinforce(tiny_shards, out, models) == 0
@@ -403,6 +452,9 @@ def test_synthetic_captions_add_each_objectives_caption_terms_weighted():
                         "synthetic_contrastive_loss", "synthetic_distill_affinity_loss",
                         "synthetic_distill_feature_loss"}
     torch.testing.assert_close(got["synthetic_distill_affinity_loss"], affinity_kl(image, syn, scale, t_image, t_syn, 50.0))
-    torch.testing.assert_close(got["synthetic_distill_feature_loss"], feature_distance(proj(syn), t_syn).mean())
+    # a synthetic caption's embedding weighs what the real caption's does: half of the feature term
+    torch.testing.assert_close(got["synthetic_distill_feature_loss"], feature_distance(proj(syn), t_syn).mean() / 2)
+    torch.testing.assert_close(got["distill_feature_loss"], (feature_distance(proj(image), t_image).mean()
+                                                             + feature_distance(proj(text), t_text).mean()) / 2)
     with pytest.raises(ValueError, match="no 'synthetic_text_features'"):
         SyntheticCaptionLoss(clip)(image_features=image, text_features=text, logit_scale=scale)

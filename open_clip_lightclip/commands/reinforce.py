@@ -11,7 +11,7 @@ syn.json (the synthetic captions); OUT/reinforce.json records how they were made
 sample gained. Resumable (finished shards are kept, a rerun does the rest; the same --seed gives the same
 shards); never overwrites.
 
-The augmentation is OpenCLIP's train transform with the trainer's --aug-cfg keys (scale, ratio,
+The augmentation is OpenCLIP's train transform with the trainer's --aug-cfg keys (scale,
 color_jitter, color_jitter_prob, gray_scale_prob); training replays the stored views whatever its own
 --aug-cfg says. Synthetic captions: nucleus sampling (--top-p, --temperature, --min-tokens, --max-tokens).
 
@@ -59,7 +59,10 @@ def _shard_job(job):
 def _spec(aug_cfg: dict):
     from ..data.augment import AugmentSpec
 
-    known = {"scale", "ratio", "color_jitter", "color_jitter_prob", "gray_scale_prob"}
+    if "ratio" in aug_cfg:  # OpenCLIP 3.3's own transform leaves it to timm: its crops keep (3/4, 4/3)
+        raise ValueError("--aug-cfg ratio: OpenCLIP's train transform ignores it (its crops keep aspect ratios "
+                         "3/4 to 4/3), so views drawn with it would differ from the trainer's; drop ratio")
+    known = {"scale", "color_jitter", "color_jitter_prob", "gray_scale_prob"}
     unknown = sorted(set(aug_cfg) - known)
     if unknown:
         raise ValueError(f"--aug-cfg {unknown[0]}: stored augmentations replay OpenCLIP's own train transform "
@@ -114,7 +117,7 @@ def _cmd_reinforce(args: argparse.Namespace) -> int:
             try:
                 info = reinforce_shards(sources, args.out, teachers, spec, args.views, captioner, args.synthetic,
                                         decode, args.dtype, args.seed, args.batch_size, progress=bar.update,
-                                        map_shards=map_shards)
+                                        map_shards=map_shards, precision=args.precision)
             finally:
                 if args.workers > 1:
                     pool.terminate()

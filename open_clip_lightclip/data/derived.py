@@ -12,11 +12,11 @@ import os
 import tarfile
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .shards import add_tar_member
 
-__all__ = ["DerivedShards", "write_shard", "source_shards", "count_samples"]
+__all__ = ["DerivedShards", "write_shard", "source_shards", "count_samples", "read_description"]
 
 
 class DerivedShards:
@@ -100,3 +100,30 @@ def count_samples(sources: Sequence[str]) -> int:
         with tarfile.open(src) as tar:
             total += len({m.name.partition(".")[0] for m in tar if m.isfile()})
     return total
+
+
+def read_description(train_data: Optional[str], info_name: str, same: Sequence[str], error: type, flag: str,
+                     command: str) -> dict:
+    """The description ``info_name`` beside the shards of a ``--train-data`` pattern (``'::'`` between several):
+    every folder the pattern names must hold one, and they must agree on the keys ``same`` (what training reads
+    from the shards); ``error`` in one line otherwise. Returns the first folder's."""
+    import braceexpand
+
+    if not train_data:
+        raise error(f"{flag} needs --train-data: the shards `open-clip-lightclip {command}` wrote")
+    folders = list(dict.fromkeys(Path(s).parent for part in train_data.split("::")
+                                 for s in braceexpand.braceexpand(part)))
+    found = []
+    for folder in folders:
+        path = folder / info_name
+        if not path.is_file():
+            raise error(f"{flag}: no {path}; make the shards with `open-clip-lightclip {command}`")
+        found.append((path, json.loads(path.read_text())))
+    (first_path, first), rest = found[0], found[1:]
+    for path, info in rest:
+        differ = next((k for k in same if info.get(k) != first.get(k)), None)
+        if differ is not None:
+            raise error(f"{flag}: {path} and {first_path} were made with different {differ!r} "
+                        f"({info.get(differ)!r} vs {first.get(differ)!r}); train from one `{command}` setting, or "
+                        f"remake one folder with the other's")
+    return first

@@ -17,9 +17,9 @@ decoding settings, N, the storage type, the seed, the bytes each sample gained, 
 seeded by ``--seed``, the shard name and the sample key: a rerun writes the same shards.
 
 Training (``--distill-reinforced``) draws, per sample and epoch, one stored view and one synthetic caption
-as a function of ``--seed``, the epoch and the sample key (:func:`draw_indices`), replays the view at the
-student's size (:func:`~.augment.replay`) and packs the caption, the synthetic caption and the matching
-teacher rows into the text field (:class:`ReinforcedSamples`).
+as a function of ``--seed``, the epoch, the shard's file name and the sample key (:func:`draw_indices`),
+replays the view at the student's size (:func:`~.augment.replay`) and packs the caption, the synthetic
+caption and the matching teacher rows into the text field (:class:`ReinforcedSamples`).
 
 The teachers see each view made at their own size from the source image (the crop box is in source pixels);
 the student sees the same box at its size. With equal sizes, means and stds the two inputs are the same
@@ -54,10 +54,11 @@ def sample_seed(*parts) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
-def draw_indices(seed: int, epoch: int, key: str, views: int, synthetic: int):
+def draw_indices(seed: int, epoch: int, key: str, views: int, synthetic: int, shard: str = ""):
     """The stored view and synthetic caption a sample trains with in an epoch: a function of the run's seed, the
-    epoch and the sample's key only (the same on every rank, worker and rerun, and after ``--resume``)."""
-    h = sample_seed("reinforced-draw", seed, epoch, key)
+    epoch, the sample's key and its shard's file name only (the same on every rank, worker and rerun, and after
+    ``--resume``; keys repeated in other shards draw apart)."""
+    h = sample_seed("reinforced-draw", seed, epoch, shard, key)
     return h % views, (h // views) % synthetic if synthetic else 0
 
 
@@ -104,8 +105,8 @@ def reinforce_shard(src: str, name: str, tmp, teachers: list, spec: AugmentSpec,
                   for (key, _), (image, _) in zip(chunk, loaded)]
         captions: List[List[str]] = [[] for _ in chunk]
         if captioner is not None and synthetic:
-            gen = torch.Generator().manual_seed(sample_seed("captions", seed, name, chunk[0][0]))
-            captions = captioner.caption([image for image, _ in loaded], synthetic, gen, decode)
+            gens = [torch.Generator().manual_seed(sample_seed("captions", seed, name, key)) for key, _ in chunk]
+            captions = captioner.caption([image for image, _ in loaded], synthetic, gens, decode)
         image_rows, text_rows = [], []
         for t in teachers:
             views_t = torch.stack([replay(image, p, t.image_size, t.mean, t.std)
@@ -130,7 +131,7 @@ def reinforce_shard(src: str, name: str, tmp, teachers: list, spec: AugmentSpec,
 def reinforce_shards(sources: Sequence[str], out: str, teachers: list, spec: AugmentSpec, views: int,
                      captioner=None, synthetic: int = 0, decode=None, dtype: str = "fp16", seed: int = 0,
                      batch_size: int = 32, progress: Optional[Callable[[int], None]] = None,
-                     map_shards: Optional[Callable] = None) -> dict:
+                     map_shards: Optional[Callable] = None, precision: str = "fp32") -> dict:
     """Reinforce every source shard into ``out`` (module docstring); returns the description. ``map_shards``
     (``(fn, jobs) -> iterator of results``) runs shards elsewhere (worker processes)."""
     if dtype not in DTYPES:
@@ -144,9 +145,11 @@ def reinforce_shards(sources: Sequence[str], out: str, teachers: list, spec: Aug
                           "image_size": list(t.image_size)} for t in teachers],
             "captioner": None if captioner is None or not synthetic else
             {"spec": captioner.name, "decoding": (decode.to_dict() if decode else None)},
-            "synthetic": synthetic if captioner is not None else 0, "dtype": dtype, "seed": seed}
+            "synthetic": synthetic if captioner is not None else 0, "dtype": dtype, "seed": seed,
+            "precision": precision}
     folder = DerivedShards(sources, out, REINFORCE_INFO, info,
-                           same=("views", "augment", "teachers", "captioner", "synthetic", "dtype", "seed"),
+                           same=("views", "augment", "teachers", "captioner", "synthetic", "dtype", "seed",
+                                 "precision"),
                            error=ReinforceError, what="reinforcement")
     if progress:
         progress(sum(folder.finished.values()))
@@ -167,19 +170,13 @@ def reinforce_shards(sources: Sequence[str], out: str, teachers: list, spec: Aug
 
 
 def read_info(train_data: Optional[str]) -> dict:
-    """``reinforce.json`` beside the first training shard."""
-    from pathlib import Path
+    """``reinforce.json`` beside the training shards: every folder's, all made alike (views, storage, teachers,
+    synthetic captions)."""
+    from .derived import read_description
 
-    if not train_data:
-        raise ReinforceError("--distill-reinforced needs --train-data: the shards `open-clip-lightclip reinforce` "
-                             "wrote")
-    from braceexpand import braceexpand
-
-    first = next(iter(braceexpand(train_data.split("::")[0])))
-    path = Path(first).parent / REINFORCE_INFO
-    if not path.is_file():
-        raise ReinforceError(f"--distill-reinforced: no {path}; make the shards with `open-clip-lightclip reinforce`")
-    return json.loads(path.read_text())
+    return read_description(train_data, REINFORCE_INFO, ("format", "param_width", "views", "dtype", "teachers",
+                                                         "synthetic"),
+                            ReinforceError, "--distill-reinforced", "reinforce")
 
 
 class ReinforcedSamples:
@@ -206,7 +203,8 @@ class ReinforcedSamples:
         if missing:
             raise ReinforceError(f"sample {key} has no {missing[0]}: train with shards `open-clip-lightclip reinforce` "
                                  "wrote (with --captioner for synthetic captions, --teacher for cached embeddings)")
-        k, j = draw_indices(self.seed, epoch, key, self.views, self.num_synthetic)
+        shard = str(sample.get("__url__", "")).replace("\\", "/").rsplit("/", 1)[-1]
+        k, j = draw_indices(self.seed, epoch, key, self.views, self.num_synthetic, shard)
         image = replay(sample["image"], sample[MEMBERS["params"]][k], self.size, self.mean, self.std)
         syn = self.tokenize(sample[MEMBERS["synthetic"]][j]) if self.synthetic else None
         rows = None

@@ -139,7 +139,8 @@ class DistillationLoss(nn.Module):
 
     def caption_terms(self, image_features, text_features, logit_scale, **model_out):
         """The terms one more caption per image adds (``losses.synthetic``): the objective's caption terms and both
-        distillation terms on it (the feature term on the caption's embedding only: the image's is counted once)."""
+        distillation terms on it (the feature term on the caption's embedding only, at the half of the feature term
+        a real caption's embedding carries: the image's half is counted once)."""
         from .synthetic import caption_terms
 
         teachers, students = self._teacher_outputs(image_features, text_features, model_out)
@@ -148,7 +149,7 @@ class DistillationLoss(nn.Module):
             losses["distill_affinity_loss"] = self.affinity_weight * self.affinity_loss(
                 image_features, text_features, logit_scale, teachers)
         if self.feature_weight:
-            terms = [feature_distance(s_text, t_text, self.feature_distance).mean()
+            terms = [feature_distance(s_text, t_text, self.feature_distance).mean() / 2
                      for (_, s_text), (_, t_text) in zip(students, teachers)]
             loss = torch.stack(terms).mean()
             scale = local_term_scale(self.world_size, self.local_loss, self.gather_with_grad)

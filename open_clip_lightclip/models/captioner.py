@@ -10,7 +10,7 @@ rerun writes the same captions. Settings (:class:`DecodeSettings`): ``top_p`` 0.
 5 to 30 tokens (start and end tokens included), repetition penalty 1.0 (off).
 """
 from dataclasses import asdict, dataclass
-from typing import List
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
@@ -53,9 +53,12 @@ class Captioner(nn.Module):
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def caption(self, pil_images, num: int, generator: torch.Generator,
+    def caption(self, pil_images, num: int, generators: Sequence[torch.Generator],
                 settings: DecodeSettings = DecodeSettings()) -> List[List[str]]:
-        """``num`` sampled captions per image (its own inference transform), as ``[image][caption]``."""
+        """``num`` sampled captions per image (its own inference transform), as ``[image][caption]``; image ``i``'s
+        tokens are drawn from ``generators[i]`` alone, so its captions do not depend on the batch around it."""
+        if len(generators) != len(pil_images):
+            raise ValueError(f"caption: {len(pil_images)} images need as many generators, got {len(generators)}")
         if not pil_images or num < 1:
             return [[] for _ in pil_images]
         dtype = next(self.model.parameters()).dtype
@@ -85,7 +88,9 @@ class Captioner(nn.Module):
                 sorted_p, order = probs.sort(dim=-1, descending=True)
                 drop = sorted_p.cumsum(-1) - sorted_p >= settings.top_p  # keeps at least the most likely token
                 sorted_p = sorted_p.masked_fill(drop, 0.0)
-                pick = torch.multinomial(sorted_p.cpu(), 1, generator=generator).to(self.device)
+                host = sorted_p.cpu()
+                pick = torch.cat([torch.multinomial(host[i * num:(i + 1) * num], 1, generator=g)
+                                  for i, g in enumerate(generators)]).to(self.device)
                 nxt = order.gather(1, pick).squeeze(1)
             nxt = torch.where(done, torch.zeros_like(nxt), nxt)  # 0 pads a finished caption
             out = torch.cat([out, nxt[:, None]], dim=1)

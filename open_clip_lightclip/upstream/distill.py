@@ -11,9 +11,7 @@
   into the text field (:func:`~open_clip_lightclip.data.teacher_cache.pack_sample`).
 """
 import argparse
-import json
 import logging
-from pathlib import Path
 from typing import Optional
 
 __all__ = ["reinforced_get_wds_dataset", "map_dict_stage", "reinforced_stage",
@@ -62,22 +60,21 @@ def check_distillation(args: argparse.Namespace) -> None:
         if upstream_has_hooks(open_clip):  # its train-hook API has no stage for the augmentation
             raise ValueError("--distill-reinforced replays stored views through the plugin's runtime seam, which an "
                              "OpenCLIP carrying patches/ leaves out: train it with the released open_clip_torch 3.3")
+        own = sorted(k for k in ("use_timm", "re_prob") if (getattr(args, "aug_cfg", None) or {}).get(k))
+        if own:  # timm's transform draws choices the stored views do not record
+            raise ValueError(f"--distill-reinforced replays OpenCLIP's own train transform, which --aug-cfg {own[0]} "
+                             f"replaces: drop {own[0]} from --aug-cfg")
         _reinforced_plan(args)  # the shards hold what the run asks for: checked before anything is built
 
 
 def cache_info_for(train_data: Optional[str]) -> dict:
-    """``teacher_cache.json`` beside the first training shard (written by ``cache-teacher``)."""
+    """``teacher_cache.json`` beside the training shards (written by ``cache-teacher``; every folder's, one
+    teacher set)."""
+    from ..data.derived import read_description
+    from ..data.teacher_cache import CACHE_INFO
     from ..models.teachers import TeacherError
 
-    if not train_data:
-        raise TeacherError("--distill-cache needs --train-data: the shards `open-clip-lightclip cache-teacher` wrote")
-    from braceexpand import braceexpand
-
-    first = next(iter(braceexpand(train_data.split("::")[0])))
-    path = Path(first).parent / "teacher_cache.json"
-    if not path.is_file():
-        raise TeacherError(f"--distill-cache: no {path}; make the shards with `open-clip-lightclip cache-teacher`")
-    return json.loads(path.read_text())
+    return read_description(train_data, CACHE_INFO, ("teachers",), TeacherError, "--distill-cache", "cache-teacher")
 
 
 def _reinforced_plan(args) -> dict:
