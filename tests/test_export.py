@@ -243,8 +243,8 @@ def test_corrupt_or_mismatched_inputs_give_one_line_errors(tmp_path, capsys, tin
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
-    pytest.importorskip("onnx", reason="onnx not installed (pip install 'open-clip-lightclip[onnx]')")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install onnx onnxruntime)")
+    pytest.importorskip("onnx", reason="onnx not installed (pip install onnx onnxruntime)")
     ckpt = tmp_path / "epoch_1.pt"
     _fake_trainer_checkpoint(ckpt)
     out = tmp_path / "exported"
@@ -521,8 +521,8 @@ def test_push_uploads_the_exported_model_with_its_card(tmp_path, capsys, monkeyp
 @pytest.mark.slow
 @pytest.mark.extended  # ~40 s of ONNX conversion and quantisation: make test-extended
 def test_onnx_precisions_written_loaded_and_compared(tmp_path, capsys):
-    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
-    pytest.importorskip("onnx", reason="onnx not installed (pip install 'open-clip-lightclip[onnx]')")
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install onnx onnxruntime)")
+    pytest.importorskip("onnx", reason="onnx not installed (pip install onnx onnxruntime)")
     from open_clip_lightclip.export import COSINE_THRESHOLD, precision_files
 
     ckpt = tmp_path / "epoch_1.pt"

@@ -40,8 +40,8 @@ def _table(out):
 @pytest.mark.slow
 @pytest.mark.extended  # ~40 s: two exports with int8 quantisation, then six held-out evaluations
 def test_static_int8_with_calibration_and_measured_deltas(tmp_path, capsys):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
-    onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'open-clip-lightclip[onnx]')")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install onnx onnxruntime)")
+    onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install onnx onnxruntime)")
     from open_clip_lightclip.export.evaluate import evaluate_model, load_eval_data
     from open_clip_lightclip.export.precision import read_metadata
 
@@ -105,8 +105,8 @@ def _one_line(capsys):
 
 
 def test_bad_calibration_data_is_one_line_and_writes_nothing(tmp_path, capsys):
-    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
-    pytest.importorskip("onnx", reason="onnx not installed (pip install 'open-clip-lightclip[onnx]')")
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install onnx onnxruntime)")
+    pytest.importorskip("onnx", reason="onnx not installed (pip install onnx onnxruntime)")
     ckpt = tmp_path / "epoch_1.pt"
     _checkpoint(ckpt)
     base = ["export", str(ckpt), str(tmp_path / "out"), "--model", MODEL]
@@ -125,7 +125,7 @@ def test_bad_calibration_data_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 
 def test_bench_onnx_dir_bad_inputs_are_one_line(tmp_path, capsys):
-    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install onnx onnxruntime)")
     assert cli_main(["bench", "inference", "--onnx-dir", str(tmp_path)]) == 2
     assert "--onnx-dir and --heldout go together" in _one_line(capsys)
     assert cli_main(["bench", "inference", "--onnx-dir", str(tmp_path), "--heldout", "x.tar"]) == 2
@@ -148,8 +148,8 @@ def test_precision_table_marks_what_loses_more_than_the_stated_drop():
 
 def test_static_int8_from_calibration_shards_loads_in_onnxruntime(tmp_path):
     """The quantiser itself, on a small conv net: QDQ nodes, calibration images read from shards built here."""
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'open-clip-lightclip[onnx]')")
-    onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'open-clip-lightclip[onnx]')")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install onnx onnxruntime)")
+    onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install onnx onnxruntime)")
     from open_clip_lightclip.export.precision import (calibration_images, eval_transform, read_metadata,
                                                       write_precisions)
 

@@ -143,7 +143,8 @@ def run_precisions(folders: Sequence[str], heldout: str, fashion_samples: int = 
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        print("error: --onnx-dir needs onnxruntime: pip install 'open-clip-lightclip[onnx]'", file=sys.stderr)
+        print("error: --onnx-dir needs onnxruntime: pip install onnx onnxruntime (or: pip install -e '.[onnx]' in a "
+              "checkout)", file=sys.stderr)
         return 1
     try:
         for folder in folders:

@@ -229,7 +229,8 @@ def export_onnx(model: nn.Module, out_dir: Path, context_length: int, opset: int
     try:
         import onnx  # noqa: F401
     except ImportError:
-        raise ExportError("--onnx needs the onnx package: pip install 'open-clip-lightclip[onnx]'") from None
+        raise ExportError("--onnx needs the onnx package: pip install onnx onnxruntime (or: pip install -e '.[onnx]' "
+                          "in a checkout)") from None
     model.eval()
     images, texts = _probe_inputs(model, context_length)
     specs = [

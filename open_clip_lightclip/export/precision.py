@@ -68,7 +68,7 @@ def check_precisions(precisions: Sequence[str]) -> List[str]:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise PrecisionError("--onnx-precision needs onnx and onnxruntime: "
-                             "pip install 'open-clip-lightclip[onnx]'") from None
+                             "pip install onnx onnxruntime (or: pip install -e '.[onnx]' in a checkout)") from None
     if "fp16" in out:
         _float16_converter()
     if "int8" in out:
