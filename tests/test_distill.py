@@ -216,3 +216,25 @@ def test_teacher_outputs_follow_the_batch_not_its_memory_address():
     assert b.data_ptr() == a.data_ptr()
     got = outputs._teacher_embeddings(model, b, t)
     assert len(calls) == 2 and torch.equal(got[0][0], torch.ones(2, 2))
+
+
+def test_a_teacher_from_a_trainer_run_is_built_as_its_run_trained_it(tmp_path):
+    """A teacher checkpoint inside a trainer run (`RUN/checkpoints/epoch_N.pt`) is built with the run's
+    `--force-image-size` and image mean / std from `RUN/params.txt` (it was built at its config's 96 px and
+    default normalisation while trained at 128 px); without params.txt, or for another model, the config's."""
+    from open_clip_lightclip.models.teachers import build_teacher
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    model = open_clip.create_model("LightCLIP-Tiny", force_image_size=128)
+    ckpt = run / "checkpoints" / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    (run / "params.txt").write_text("model: LightCLIP-Tiny\nforce_image_size: [128]\nimage_mean: (0.5, 0.5, 0.5)\n"
+                                    "image_std: (0.25, 0.25, 0.25)\nlr: 0.001\n")
+    teacher = build_teacher(f"LightCLIP-Tiny={ckpt}")
+    assert teacher.image_size == (128, 128) and tuple(teacher.mean) == (0.5, 0.5, 0.5) and \
+        tuple(teacher.std) == (0.25, 0.25, 0.25)
+    (run / "params.txt").write_text("model: LightCLIP-MNv3\nforce_image_size: [128]\n")
+    assert build_teacher(f"LightCLIP-Tiny={ckpt}").image_size == (96, 96)
+    (run / "params.txt").unlink()
+    assert build_teacher(f"LightCLIP-Tiny={ckpt}").image_size == (96, 96)

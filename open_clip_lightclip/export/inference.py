@@ -12,7 +12,6 @@ By default the model is a stock OpenCLIP ``CLIP`` (see :mod:`.stock`): ``open_cl
 'local-dir:OUT_DIR')`` builds it without this plugin. ``plugin_format`` keeps the plugin's layout
 (``model_class: LightCLIP``, reparameterisable towers fused), which needs the plugin to load.
 """
-import ast
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -21,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..data.owned import OutputFolder
-from ..models.checkpoint import CheckpointError, read_state_dict, training_only_module
+from ..models.checkpoint import CheckpointError, read_state_dict, run_create_kwargs, run_params, training_only_module
 from .precision import (CALIBRATION_EXAMPLE, INT8_IMAGE_MODES, PRECISIONS, PrecisionError, PrecisionResult,
                         calibration_images, check_calibration_data, check_precisions, compare_precisions,
                         eval_transform, held_out_batch, precision_files, summarize, write_precisions)
@@ -88,47 +87,6 @@ def reparameterize_for_inference(model: nn.Module, model_cfg: dict, images: torc
     model_cfg["vision_cfg"]["timm_reparameterized"] = True
     after = {"params": sum(p.numel() for p in visual.parameters()), "macs": image_macs(model, one)}
     return {"before": before, "after": after, "max_abs_diff": diff}
-
-
-def run_params(checkpoint: Path) -> Dict[str, object]:
-    """The trainer's ``params.txt`` of the run a checkpoint belongs to (``RUN/checkpoints/epoch_N.pt``)."""
-    params_file = Path(checkpoint).resolve().parent.parent / "params.txt"
-    if not params_file.is_file():
-        return {}
-    params = {}
-    for line in params_file.read_text().splitlines():
-        key, sep, value = line.partition(": ")
-        if not sep:
-            continue
-        try:
-            params[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key] = value
-    return params
-
-
-def _create_kwargs(params: Dict[str, object]) -> Dict[str, object]:
-    """``open_clip.create_model`` arguments that reproduce the trainer's model and preprocessing."""
-    kwargs = {}
-    size = params.get("force_image_size")
-    if isinstance(size, (list, tuple)):
-        size = size[0] if len(size) == 1 else tuple(size)
-    if size:
-        kwargs["force_image_size"] = size
-    if params.get("force_context_length"):
-        kwargs["force_context_length"] = params["force_context_length"]
-    if params.get("force_quick_gelu"):
-        kwargs["force_quick_gelu"] = True
-    if params.get("force_custom_text"):
-        kwargs["force_custom_text"] = True
-    pp = {}
-    for arg, key in (("image_mean", "mean"), ("image_std", "std"), ("image_interpolation", "interpolation"),
-                     ("image_resize_mode", "resize_mode")):
-        if params.get(arg):
-            pp[key] = params[arg]
-    if pp:
-        kwargs["force_preprocess_cfg"] = pp
-    return kwargs
 
 
 def _model_cfg(model_name: str, kwargs: Dict[str, object], state_dict: Dict[str, torch.Tensor]) -> dict:
@@ -320,7 +278,7 @@ def export_checkpoint(
         if not model_name:
             raise ExportError(f"{checkpoint}: no params.txt of a trainer run next to it; pass --model NAME")
         log(f"model: {model_name} (from {checkpoint.resolve().parent.parent / 'params.txt'})")
-    kwargs = _create_kwargs(params) if params.get("model") == model_name else {}
+    kwargs = run_create_kwargs(params) if params.get("model") == model_name else {}
     model_cfg = _model_cfg(model_name, kwargs, state_dict)
     extra = {"init_logit_bias": model_cfg["init_logit_bias"]} if "init_logit_bias" in model_cfg else {}
     model = open_clip.create_model(model_name, pretrained=str(checkpoint), **kwargs, **extra).eval()

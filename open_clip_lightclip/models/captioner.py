@@ -107,7 +107,7 @@ def build_captioner(spec: str, device="cpu", precision: str = "fp32") -> Caption
     import open_clip
     from open_clip.coca_model import CoCa
 
-    from .teachers import _LOAD_ERRORS, _first, check_teacher_spec
+    from .teachers import _LOAD_ERRORS, _first, check_teacher_spec, run_settings
 
     error = check_teacher_spec(spec)
     if error:
@@ -115,7 +115,7 @@ def build_captioner(spec: str, device="cpu", precision: str = "fp32") -> Caption
     name, weights = parse_teacher(spec)
     try:
         model, _, transform = open_clip.create_model_and_transforms(name, pretrained=weights, precision=precision,
-                                                                    device=device)
+                                                                    device=device, **run_settings(name, weights))
     except _LOAD_ERRORS as e:
         raise TeacherError(f"captioner {spec!r}: cannot load it ({_first(e)}); check the model name and the "
                            "weights") from e

@@ -3,6 +3,7 @@
 Plain PyTorch. ``training_only_module`` tells which keys belong to training-only modules
 (:data:`~.registry.TRAINING_ONLY_MODULES`), which inference models do not have.
 """
+import ast
 import errno
 import pickle
 import zipfile
@@ -13,7 +14,8 @@ import torch
 
 from .registry import TRAINING_ONLY_MODULES
 
-__all__ = ["CheckpointError", "read_state_dict", "training_only_module", "first_line", "unreadable", "raise_unreadable"]
+__all__ = ["CheckpointError", "read_state_dict", "training_only_module", "first_line", "unreadable", "raise_unreadable",
+           "run_params", "run_create_kwargs"]
 
 # what torch.load / pickle / zip raise for bytes that are no (whole) checkpoint
 _CONTENT_ERRORS = (RuntimeError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError,
@@ -103,3 +105,42 @@ def read_state_dict(path, weights_only: bool = True, mmap: bool = False) -> Dict
     return checkpoint
 
 
+def run_params(checkpoint) -> Dict[str, object]:
+    """The trainer's ``params.txt`` of the run a checkpoint belongs to (``RUN/checkpoints/epoch_N.pt``)."""
+    params_file = Path(checkpoint).resolve().parent.parent / "params.txt"
+    if not params_file.is_file():
+        return {}
+    params = {}
+    for line in params_file.read_text().splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep:
+            continue
+        try:
+            params[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key] = value
+    return params
+
+
+def run_create_kwargs(params: Dict[str, object]) -> Dict[str, object]:
+    """``open_clip.create_model`` arguments that reproduce the trainer's model and preprocessing."""
+    kwargs = {}
+    size = params.get("force_image_size")
+    if isinstance(size, (list, tuple)):
+        size = size[0] if len(size) == 1 else tuple(size)
+    if size:
+        kwargs["force_image_size"] = size
+    if params.get("force_context_length"):
+        kwargs["force_context_length"] = params["force_context_length"]
+    if params.get("force_quick_gelu"):
+        kwargs["force_quick_gelu"] = True
+    if params.get("force_custom_text"):
+        kwargs["force_custom_text"] = True
+    pp = {}
+    for arg, key in (("image_mean", "mean"), ("image_std", "std"), ("image_interpolation", "interpolation"),
+                     ("image_resize_mode", "resize_mode")):
+        if params.get(arg):
+            pp[key] = params[arg]
+    if pp:
+        kwargs["force_preprocess_cfg"] = pp
+    return kwargs

@@ -14,6 +14,7 @@ The offline cache (``cache-teacher``) runs :meth:`Teacher.embed_raw` instead: th
 the teacher's own inference transform and the raw caption.
 """
 import logging
+import os
 import pickle
 from typing import List, Optional, Sequence, Tuple
 
@@ -191,6 +192,22 @@ def _first(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def run_settings(name: str, weights: Optional[str]) -> dict:
+    """``create_model_and_transforms`` arguments of the trainer run ``weights`` came from (its ``params.txt``
+    next to ``checkpoints/``: ``--force-image-size``, the image mean / std / interpolation, ...), when it trained
+    the model ``name``: a teacher trained at a forced size is built at that size, not its config's."""
+    from .checkpoint import run_create_kwargs, run_params
+
+    if not weights or not os.path.isfile(weights):
+        return {}
+    params = run_params(weights)
+    if params.get("model") != name:
+        return {}
+    kwargs = run_create_kwargs(params)
+    kwargs.update({f"image_{k}": v for k, v in kwargs.pop("force_preprocess_cfg", {}).items()})
+    return kwargs
+
+
 def build_teacher(spec: str, device="cpu", precision: str = "fp32", cache_dir: Optional[str] = None) -> Teacher:
     """A frozen :class:`Teacher` from ``MODEL=WEIGHTS`` (see :func:`parse_teacher`); TeacherError in one line."""
     import open_clip
@@ -199,10 +216,11 @@ def build_teacher(spec: str, device="cpu", precision: str = "fp32", cache_dir: O
     if error:
         raise TeacherError(error)
     name, weights = parse_teacher(spec)
+    run = run_settings(name, weights)
     try:
         model, _, transform = open_clip.create_model_and_transforms(
             name, pretrained=weights, precision=precision, device=device, output_dict=True, cache_dir=cache_dir,
-            require_pretrained=weights is not None)
+            require_pretrained=weights is not None, **run)
     except (torch.OutOfMemoryError, MemoryError) as e:  # before RuntimeError: it is one
         raise TeacherError(f"teacher {spec!r}: out of memory while loading it on {device} ({_first(e)}); free memory, "
                            "or precompute its embeddings with `open-clip-lightclip cache-teacher` and train with "
@@ -211,6 +229,6 @@ def build_teacher(spec: str, device="cpu", precision: str = "fp32", cache_dir: O
         raise TeacherError(f"teacher {spec!r}: cannot load it ({_first(e)}); check the model name and the weights") from e
     tokenizer = open_clip.get_tokenizer(name)
     teacher = Teacher(model, tokenizer, spec, transform)
-    logging.info(f"open-clip-lightclip: teacher {spec} ({teacher.image_size[0]} px, logit scale "
-                 f"{teacher.logit_scale:.1f}), frozen")
+    logging.info(f"open-clip-lightclip: teacher {spec} ({teacher.image_size[0]} px"
+                 f"{', as its run trained it' if run else ''}, logit scale {teacher.logit_scale:.1f}), frozen")
     return teacher
