@@ -310,7 +310,7 @@ def test_report_table_by_hand():
     assert "| clip (baseline) | 20.0 ± 10.0 |" in text and "| x | +10.0 [-14.8, +34.8] |" in text
 
 
-def test_an_arm_may_train_on_cached_teacher_shards_of_the_studys_own_data(tmp_path):
+def test_an_arm_may_train_on_cached_or_reinforced_shards_of_the_studys_own_data(tmp_path):
     import json as _json
 
     from open_clip_lightclip.studies.arms import StudyError, check_cached_shards, make_arm
@@ -324,7 +324,16 @@ def test_an_arm_may_train_on_cached_teacher_shards_of_the_studys_own_data(tmp_pa
     sources = [str(tmp_path / f"train-{i}.tar") for i in (0, 1)]
     (tmp_path / "c" / "teacher_cache.json").write_text(_json.dumps({"sources": sources}))
     check_cached_shards(arm, f"{tmp_path}/train-{{0..1}}.tar")  # the study's own shards: paired
-    with pytest.raises(StudyError, match="caches other shards than the study's"):
+    with pytest.raises(StudyError, match="derives from other shards than the study's"):
+        check_cached_shards(arm, f"{tmp_path}/train-{{0..2}}.tar")
+    # reinforced shards likewise (their reinforce.json names the shards they were made from)
+    arm = make_arm("dr", f"--loss clip --distill-reinforced --train-data {tmp_path}/r/train-{{0..1}}.tar")
+    with pytest.raises(StudyError, match="no .*reinforce.json; make the shards with `open-clip-lightclip reinforce`"):
+        check_cached_shards(arm, f"{tmp_path}/train-{{0..1}}.tar")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "reinforce.json").write_text(_json.dumps({"sources": sources}))
+    check_cached_shards(arm, f"{tmp_path}/train-{{0..1}}.tar")
+    with pytest.raises(StudyError, match="derives from other shards than the study's"):
         check_cached_shards(arm, f"{tmp_path}/train-{{0..2}}.tar")
 
 

@@ -13,6 +13,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["Arm", "StudyError", "parse_arm", "read_arms_file", "check_arms", "check_cached_shards", "idle_flags"]
 
+# trainer flags that read derived shards named by an arm's own --train-data: (description file, command)
+_DERIVED = {"--distill-cache": ("teacher_cache.json", "cache-teacher"),
+            "--distill-reinforced": ("reinforce.json", "reinforce")}
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # flags a study sets itself for every arm: an arm may not change them (the comparison would not be paired)
 RESERVED = ("--train-data", "--val-data", "--logs", "--name", "--seed", "--model", "--batch-size", "--epochs",
@@ -51,8 +55,8 @@ def make_arm(name: str, flags) -> Arm:
     except ValueError as e:
         raise StudyError(f"arm {name!r}: cannot split its flags ({e})") from e
     for flag in parts:
-        if flag.split("=", 1)[0] == "--train-data" and "--distill-cache" in parts:
-            continue  # the study's own shards with cached teacher embeddings (checked by check_cached_shards)
+        if flag.split("=", 1)[0] == "--train-data" and any(f in parts for f in _DERIVED):
+            continue  # the study's own shards with stored teacher rows / views (checked by check_cached_shards)
         if flag.split("=", 1)[0] in RESERVED:
             raise StudyError(f"arm {name!r}: {flag.split('=', 1)[0]} is set by the study for every arm "
                              "(use the ablate option of the same name instead)")
@@ -130,20 +134,22 @@ def idle_flags(arm: Arm, settings: dict) -> List[str]:
 
 
 def check_cached_shards(arm: Arm, study_train_data: str) -> None:
-    """An arm that trains on ``cache-teacher`` shards (``--distill-cache --train-data X``) stays paired only if they
-    are the study's own training shards with the embeddings added: their ``teacher_cache.json`` must name them."""
+    """An arm that trains on derived shards (``--distill-cache`` / ``--distill-reinforced`` with ``--train-data X``:
+    ``cache-teacher`` / ``reinforce`` output) stays paired only if they are the study's own training shards with
+    the embeddings or views added: their description must name them."""
     if "--train-data" not in arm.flags:
         return
     import braceexpand
 
+    info_name, command = next(v for k, v in _DERIVED.items() if k in arm.flags)
     given = arm.flags[arm.flags.index("--train-data") + 1]
     first = next(iter(braceexpand.braceexpand(given)))
-    info_path = Path(first).parent / "teacher_cache.json"
+    info_path = Path(first).parent / info_name
     if not info_path.is_file():
-        raise StudyError(f"arm {arm.name!r}: no {info_path}; make the shards with `open-clip-lightclip cache-teacher` "
+        raise StudyError(f"arm {arm.name!r}: no {info_path}; make the shards with `open-clip-lightclip {command}` "
                          "from the study's training shards")
     sources = json.loads(info_path.read_text()).get("sources", [])
     study = [str(Path(s).resolve()) for s in braceexpand.braceexpand(study_train_data)]
     if sorted(sources) != sorted(study):
-        raise StudyError(f"arm {arm.name!r}: {info_path.parent} caches other shards than the study's "
+        raise StudyError(f"arm {arm.name!r}: {info_path.parent} derives from other shards than the study's "
                          f"({study_train_data}); the arms would not be paired")
