@@ -29,7 +29,7 @@ from .flags import finite_float
 from .registry import register_loss
 from .token_matching import MATCHING_MODES, SINKHORN_KERNELS, aligned_scores, token_scores, trim_words
 
-__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce", "unused_parameters"]
+__all__ = ["LightCLIPLoss", "soft_label_eps", "soft_targets", "soft_label_ce"]
 
 SCHEDULES = ("linear", "cosine", "constant")
 SPREADS = ("uniform", "similarity")
@@ -428,41 +428,6 @@ def _check_args(args) -> None:
     if getattr(args, "skip_scheduler", False) and args.lightclip_soft_label_max > 0:
         raise ValueError("--skip-scheduler stops the step count the soft-label schedule follows; drop it "
                          "(--lr-scheduler const keeps the learning rate constant) or set --lightclip-soft-label-max 0")
-
-
-def unused_parameters(model: nn.Module, loss: nn.Module, batch: int = 2, prepare_text=None) -> list:
-    """Names of trainable parameters that no term of ``loss`` reaches (one dry forward + backward on dummy
-    data; global RNG state, gradients and buffers such as BatchNorm statistics untouched): e.g. the pooled heads
-    and projections when the instance term is off. ``prepare_text`` turns the dummy token ids into what the
-    model's forward takes (e.g. packed with cached teacher embeddings)."""
-    was_training, output_dict = model.training, getattr(model, "output_dict", False)
-    size = model.visual.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    g = torch.Generator().manual_seed(0)
-    first = next(model.parameters())
-    images = torch.randn(batch, 3, *size, generator=g).to(first.device, first.dtype)
-    text = torch.randint(1, 400, (batch, model.context_length), generator=g).to(first.device)
-    text[:, 0], text[:, 6], text[:, 7:] = model.text.vocab_size - 2, model.text.vocab_size - 1, 0  # SOT words EOT pad
-    if prepare_text is not None:
-        text = prepare_text(text)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    saved = {n: p.grad for n, p in params.items()}
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    with torch.random.fork_rng(devices=[]):
-        model.train()
-        model.output_dict = True
-        for p in params.values():
-            p.grad = None
-        loss(**model(images, text)).backward()
-        unused = [n for n, p in params.items() if p.grad is None]
-    for n, p in params.items():
-        p.grad = saved[n]
-    with torch.no_grad():
-        for n, b in model.named_buffers():
-            b.copy_(buffers[n])
-    model.train(was_training)
-    model.output_dict = output_dict
-    return unused
 
 
 def _configure_model(model, args) -> None:

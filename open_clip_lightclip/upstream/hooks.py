@@ -133,7 +133,7 @@ def _freeze_unused(model, args) -> None:
     import torch
 
     from ..losses import create_loss as registry_create_loss
-    from ..losses.lightclip import unused_parameters
+    from ..losses.reach import unused_parameters
     from ..models.distill_heads import pack_text
     from .distill import wrap_loss
 
