@@ -70,3 +70,32 @@ def test_cliplite_and_cached_distillation_read_no_value():
                     distill_p0_image_features=proj(image), distill_p0_text_features=proj(text))
     (jsd + sum(terms.values())).backward()
     assert image.grad.device == META
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+def test_reinforced_step_reads_no_value(precision):
+    """Training from reinforced shards (``--distill-reinforced``): the batch's text field packs the caption, a
+    synthetic caption and the stored teacher rows; the default LightCLIP step plus both distillation terms on the
+    real and the synthetic caption (``SyntheticCaptionLoss``), forward and backward on ``meta``."""
+    from open_clip_lightclip.losses.synthetic import SyntheticCaptionLoss
+    from open_clip_lightclip.models.distill_heads import DistillProjector, attach_distillation
+
+    torch.manual_seed(0)
+    td = 6
+    model = open_clip.create_model("LightCLIP-Tiny", output_dict=True, force_image_size=64)
+    model.add_train_heads(LightCLIPTrainCfg())
+    tokenizer = open_clip.get_tokenizer("LightCLIP-Tiny")
+    images, text = _batch()
+    synthetic = tokenizer(["a b", "c", "d e f g", ""])
+    d = model.encode_text(text[:1]).shape[-1]
+    attach_distillation(model, None, [td], tokenizer, DistillProjector(d, [td]), synthetic=True)
+    packed = torch.stack([pack_text(text[i], torch.randn(3, td), synthetic[i]) for i in range(len(text))])
+    model = model.to(META).train()
+    base = LightCLIPLoss(token_weight=1.0, mlm_weight=0.5, progress=PROGRESS)
+    loss = SyntheticCaptionLoss(DistillationLoss(base, [100.0], affinity_weight=1.0, feature_weight=1.0))
+    with torch.autocast("cpu", dtype=precision or torch.bfloat16, enabled=precision is not None):
+        terms = loss(**model(images.to(META), packed.to(META)), output_dict=True)
+    assert {"synthetic_instance_loss", "synthetic_distill_affinity_loss", "synthetic_distill_feature_loss",
+            "token_loss", "mlm_loss"} <= set(terms)
+    sum(terms.values()).backward()
+    assert model.distill_projector.maps[0]["text"].weight.grad.device == META

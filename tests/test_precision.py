@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from open_clip_lightclip.losses.cliplite import ClipLiteLoss, build_prior
 from open_clip_lightclip.losses.distill import DistillationLoss
 from open_clip_lightclip.losses.lightclip import LightCLIPLoss
+from open_clip_lightclip.losses.synthetic import SyntheticCaptionLoss
 from open_clip_lightclip.losses.token_matching import token_scores
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -78,21 +79,33 @@ TERMS = {  # name -> (loss factory, key of the term)
     "cliplite-prior": (_cliplite_prior, "cliplite_prior"),
     "distill-affinity": (lambda d: _distill(False), "distill_affinity_loss"),
     "distill-feature": (lambda d: _distill(True), "distill_feature_loss"),
+    # reinforced shards' synthetic captions: the caption terms on a second caption per image
+    "synthetic-instance": (lambda d: SyntheticCaptionLoss(_lightclip(instance_weight=1.0)),
+                           "synthetic_instance_loss"),
+    "synthetic-cliplite-jsd": (lambda d: SyntheticCaptionLoss(ClipLiteLoss(seed=1)), "synthetic_cliplite_jsd"),
+    "synthetic-distill-affinity": (lambda d: SyntheticCaptionLoss(_distill(False)), "synthetic_distill_affinity_loss"),
+    "synthetic-distill-feature": (lambda d: SyntheticCaptionLoss(_distill(True)), "synthetic_distill_feature_loss"),
 }
 
 
 def _term(name, inputs, dtype):
     """The term's value and the gradients of every input it reaches, under autocast ``dtype`` (None: fp32)."""
     factory, key = TERMS[name]
+    g = torch.Generator().manual_seed(5)
+
+    def near(x):  # a unit embedding that agrees with ``x`` up to noise
+        return _unit(x.detach() + 0.1 * torch.randn(x.shape, generator=g))
+
+    if name.startswith("synthetic"):  # a second caption per image, close to the real one
+        inputs = dict(inputs, synthetic_text_features=near(inputs["text_features"]))
     inputs = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
     loss = factory(inputs["image_features"].shape[1])
     extra = {}
-    if name.startswith("distill"):  # a teacher that agrees with the student up to noise
-        g = torch.Generator().manual_seed(5)
-        extra = {"distill_t0_image_features": _unit(inputs["image_features"].detach() + 0.1 * torch.randn(
-            inputs["image_features"].shape, generator=g)),
-                 "distill_t0_text_features": _unit(inputs["text_features"].detach() + 0.1 * torch.randn(
-                     inputs["text_features"].shape, generator=g))}
+    if "distill" in name:  # a teacher that agrees with the student up to noise
+        extra = {"distill_t0_image_features": near(inputs["image_features"]),
+                 "distill_t0_text_features": near(inputs["text_features"])}
+        if name.startswith("synthetic"):
+            extra["synthetic_distill_t0_text_features"] = near(inputs["synthetic_text_features"])
     with torch.autocast("cpu", dtype=dtype or torch.float16, enabled=dtype is not None):
         value = loss(**inputs, **extra, logit_scale=torch.tensor(100.0), output_dict=True)[key]
     grads = torch.autograd.grad(value, [v for v in inputs.values() if v.requires_grad], allow_unused=True)

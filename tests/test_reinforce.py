@@ -341,6 +341,27 @@ def test_training_from_reinforced_shards_equals_online_distillation_on_the_repla
 
 
 @pytest.mark.extended
+def test_torchcompile_trains_lightclip_from_reinforced_shards_without_graph_breaks(models, tiny_shards, tmp_path):
+    """``--torchcompile`` on the reinforced route: the default LightCLIP step, both distillation terms from the
+    stored rows and the synthetic caption's terms; the packed text is unpacked by shape, so Dynamo traces the step
+    without a graph break (``TORCH_LOGS``) and recompiles at most once (the epoch's last, smaller batch)."""
+    from pathlib import Path
+
+    out = tmp_path / "dr"
+    assert _reinforce(tiny_shards, out, models) == 0, _reinforce.err[-2000:]
+    cmd = trainer_command(str(out / "train-{00000..00001}.tar"), str(tmp_path / "logs"), "run",
+                          model="LightCLIP-Tiny", loss="lightclip", batch_size=8, epochs=1, warmup=1,
+                          extra=["--workers", "0", "--distill-reinforced", "--distill-feature-weight", "1",
+                                 "--torchcompile", "--log-every-n-steps", "1"])
+    runner = Path(__file__).parent / "compile_runner.py"
+    proc = run_python([str(runner), *cmd[3:]], TORCH_LOGS="recompiles,graph_breaks")
+    output = proc.stdout + proc.stderr
+    log = (tmp_path / "logs" / "run" / "out.log").read_text()
+    assert log.count("Train Epoch: 0 [") == 4 and "Synthetic_instance_loss" in log
+    assert output.count("Graph break from") == 0 and output.count("Recompiling function") <= 1, output[-3000:]
+
+
+@pytest.mark.extended
 def test_shards_without_what_training_asks_for_stop_the_trainer_in_one_line(train, models, tiny_shards, tmp_path):
     proc, _ = train(extra=["--distill-reinforced"], check=False)  # plain shards
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
