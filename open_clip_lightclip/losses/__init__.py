@@ -1,4 +1,5 @@
-"""Losses: training objectives (each an ``nn.Module`` returning named terms), token matching, gathering, training progress.
+"""Losses: training objectives (each an ``nn.Module`` returning named terms), token matching, gathering, training progress,
+which parameters a loss reaches.
 
 Plain PyTorch; may import ``models/`` (the training-only heads' configs), never the seam,
 ``export/``, ``studies/``, ``benchmarks/`` or ``commands/``. Importing this package registers
